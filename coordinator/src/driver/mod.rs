@@ -1,0 +1,332 @@
+//! Executes what the machines decide: one task per saga this instance owns makes
+//! the participant calls, persists each outcome (fenced) before acting on it, and
+//! keeps timers for retries; background loops renew leases and claim due work.
+
+mod call;
+mod recovery;
+mod run;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use deadpool_postgres::Pool;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use uuid::Uuid;
+
+use crate::lock::{Locks, Token};
+use crate::machine::saga::{Event, Saga};
+use crate::machine::Clock;
+use crate::settings::Settings;
+use crate::specs::{self, Specs};
+use crate::store::{self, sagas::Inserted};
+
+pub use call::traceparent;
+
+/// Messages to a running saga task.
+#[derive(Debug)]
+enum Command {
+    Cancel,
+    OwnershipLost,
+}
+
+/// This instance's belief about how long it still owns a transaction, on the
+/// monotonic clock (a paused process wakes up to an expired lease, not a fresh one).
+#[derive(Debug)]
+struct Lease {
+    valid_until_ms: AtomicU64,
+}
+
+struct Owned {
+    fence: i64,
+    commands: mpsc::UnboundedSender<Command>,
+    lease: Arc<Lease>,
+    lock: Option<Token>,
+}
+
+pub struct Driver {
+    pool: Pool,
+    locks: Arc<Locks>,
+    specs: Arc<Specs>,
+    http: reqwest::Client,
+    settings: Settings,
+    owned: Mutex<HashMap<Uuid, Owned>>,
+    waiters: Mutex<HashMap<Uuid, Arc<Notify>>>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+    runtime: tokio::runtime::Handle,
+    epoch: Instant,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Definition(#[from] specs::Error),
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    /// The idempotency key was used with a different request.
+    #[error("idempotency key reused with a different request")]
+    KeyReused,
+    #[error("the coordinator is shutting down")]
+    ShuttingDown,
+}
+
+/// A saga start: a new saga, or the one an idempotency key already named.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Started {
+    New(Uuid),
+    Existing(Uuid),
+}
+
+impl Driver {
+    /// Must be called on the runtime that should run the saga tasks.
+    pub fn new(pool: Pool, locks: Arc<Locks>, specs: Arc<Specs>, settings: Settings) -> anyhow::Result<Arc<Driver>> {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .pool_max_idle_per_host(settings.participants.pool_idle_per_host)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .tcp_nodelay(true)
+            .user_agent(concat!("settle/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| anyhow::anyhow!("building the participant HTTP client: {e}"))?;
+        Ok(Arc::new(Driver {
+            pool,
+            locks,
+            specs,
+            http,
+            settings,
+            owned: Mutex::new(HashMap::new()),
+            waiters: Mutex::new(HashMap::new()),
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            runtime: tokio::runtime::Handle::current(),
+            epoch: Instant::now(),
+        }))
+    }
+
+    pub fn instance(&self) -> &str {
+        &self.settings.coordinator.instance_id
+    }
+
+    pub fn locks(&self) -> &Locks {
+        &self.locks
+    }
+
+    fn lease_duration(&self) -> Duration {
+        self.settings.coordinator.lease
+    }
+
+    fn monotonic_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Records that a lease write was sent at `sent_ms`: trust it for 80% of its length.
+    fn lease_renewed(&self, lease: &Lease, sent_ms: u64) {
+        let valid = sent_ms + self.lease_duration().as_millis() as u64 * 4 / 5;
+        lease.valid_until_ms.fetch_max(valid, Ordering::Relaxed);
+    }
+
+    fn lease_valid(&self, lease: &Lease) -> bool {
+        self.monotonic_ms() < lease.valid_until_ms.load(Ordering::Relaxed)
+    }
+
+    /// How many sagas this instance is driving right now.
+    pub fn in_flight(&self) -> usize {
+        self.owned.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Starts the background loops: lease renewal and recovery claims.
+    pub fn spawn_background(self: &Arc<Self>) {
+        let me = self.clone();
+        self.runtime.spawn(async move { me.renew_loop().await });
+        let me = self.clone();
+        self.runtime.spawn(async move { me.recovery_loop().await });
+    }
+
+    /// Creates a saga (one commit) and drives it at once, in this process.
+    pub async fn start_saga(
+        self: &Arc<Self>,
+        definition: &str,
+        input: Value,
+        idempotency_key: Option<&str>,
+        actor: &str,
+    ) -> Result<Started, StartError> {
+        if self.shutdown.is_cancelled() {
+            return Err(StartError::ShuttingDown);
+        }
+        let spec = self.specs.latest(definition).await?;
+        let request_digest = {
+            let mut h = Sha256::new();
+            h.update(definition.as_bytes());
+            h.update([0]);
+            h.update(serde_json::to_vec(&input).unwrap_or_default());
+            hex::encode(h.finalize())
+        };
+        let id = Uuid::now_v7();
+        let clock = self.clock();
+        let mut saga = Saga::new(&spec, clock.now);
+        let mut decision = saga.handle(&spec, Event::Start, clock);
+        // The insert below is the durable write of this decision.
+        decision.durable = false;
+        let progress = serde_json::to_value(&saga).map_err(|e| store::Error::Corrupt(e.to_string()))?;
+        let sent_ms = self.monotonic_ms();
+        let inserted = store::sagas::insert(
+            &self.pool,
+            &store::sagas::NewSaga {
+                id,
+                definition,
+                version: spec.version,
+                state: saga.status.as_str(),
+                input: &input,
+                progress: &progress,
+                idempotency_key,
+                request_digest: &request_digest,
+                deadline: saga.deadline,
+                next_attempt_at: saga.wake_at(clock.now),
+                owner: self.instance(),
+                lease: self.lease_duration(),
+                actor,
+            },
+        )
+        .await?;
+        match inserted {
+            Inserted::Created { fence } => {
+                tracing::info!(transaction_id = %id, definition, version = spec.version, "saga started");
+                self.adopt(
+                    run::Run::new(id, spec, saga, Arc::new(input), fence),
+                    (decision, Vec::new()),
+                    None,
+                    sent_ms,
+                );
+                Ok(Started::New(id))
+            }
+            Inserted::Existing { id, same_request } if same_request => Ok(Started::Existing(id)),
+            Inserted::Existing { .. } => Err(StartError::KeyReused),
+        }
+    }
+
+    /// Asks a running saga to compensate. Returns its state at the time, or None
+    /// when there is no such saga.
+    pub async fn cancel(&self, id: Uuid, actor: &str) -> Result<Option<String>, store::Error> {
+        let state = store::sagas::request_cancel(&self.pool, id, actor).await?;
+        if state.as_deref() == Some("running") {
+            let owned = self.owned.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(o) = owned.get(&id) {
+                let _ = o.commands.send(Command::Cancel);
+            }
+        }
+        Ok(state)
+    }
+
+    /// Waits until the saga is settled (terminal or stuck) or `until` passes, and
+    /// returns it as stored. Wakes at once for sagas this instance drives, and
+    /// polls for sagas another instance drives.
+    pub async fn wait(&self, id: Uuid, until: Instant) -> Result<Option<store::sagas::SagaRow>, store::Error> {
+        let notify = {
+            let mut waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+            waiters.entry(id).or_default().clone()
+        };
+        let result = async {
+            loop {
+                let notified = notify.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                let row = store::sagas::get(&self.pool, id).await?;
+                let settled = row
+                    .as_ref()
+                    .is_none_or(|r| matches!(r.state.as_str(), "completed" | "compensated" | "stuck"));
+                if settled || Instant::now() >= until {
+                    return Ok(row);
+                }
+                let poll = Instant::now() + Duration::from_millis(500);
+                tokio::select! {
+                    _ = &mut notified => {}
+                    _ = tokio::time::sleep_until(poll.min(until).into()) => {}
+                }
+            }
+        }
+        .await;
+        let mut waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        if waiters.get(&id).is_some_and(|n| Arc::strong_count(n) <= 2) {
+            waiters.remove(&id);
+        }
+        result
+    }
+
+    fn notify_waiters(&self, id: Uuid) {
+        let waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = waiters.get(&id) {
+            n.notify_waiters();
+        }
+    }
+
+    fn clock(&self) -> Clock {
+        Clock {
+            now: store::wall_clock_millis(),
+            jitter: rand::random::<f64>(),
+        }
+    }
+
+    /// Registers a saga as owned here and spawns its task.
+    fn adopt(
+        self: &Arc<Self>,
+        run: run::Run,
+        first: (crate::machine::saga::Decision, Vec<store::sagas::EventRecord>),
+        lock: Option<Token>,
+        sent_ms: u64,
+    ) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let lease = Arc::new(Lease {
+            valid_until_ms: AtomicU64::new(0),
+        });
+        self.lease_renewed(&lease, sent_ms);
+        let previous = {
+            let mut owned = self.owned.lock().unwrap_or_else(|p| p.into_inner());
+            owned.insert(
+                run.id,
+                Owned {
+                    fence: run.fence,
+                    commands: tx,
+                    lease: lease.clone(),
+                    lock,
+                },
+            )
+        };
+        if let Some(previous) = previous {
+            let _ = previous.commands.send(Command::OwnershipLost);
+        }
+        let me = self.clone();
+        self.tasks.spawn_on(async move { me.drive(run, first, rx, lease).await }, &self.runtime);
+    }
+
+    /// Forgets a saga this task owned, releasing its Redis lock.
+    async fn disown(&self, id: Uuid, fence: i64) {
+        let removed = {
+            let mut owned = self.owned.lock().unwrap_or_else(|p| p.into_inner());
+            match owned.get(&id) {
+                Some(o) if o.fence == fence => owned.remove(&id),
+                _ => None,
+            }
+        };
+        if let Some(Owned { lock: Some(token), .. }) = removed {
+            if let Err(e) = self.locks.release(id, &token).await {
+                tracing::debug!(transaction_id = %id, error = %e, "lock release skipped");
+            }
+        }
+    }
+
+    /// Stops taking work, lets calls in flight finish (bounded by `timeout`), and
+    /// gives every owned transaction back so another instance can take it at once.
+    pub async fn shutdown(&self, timeout: Duration) {
+        self.shutdown.cancel();
+        self.tasks.close();
+        if tokio::time::timeout(timeout, self.tasks.wait()).await.is_err() {
+            tracing::warn!(remaining = self.in_flight(), "shutdown timeout: leaving the rest to lease expiry");
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! Background loops: renewing the leases (and Redis locks) of everything this
+//! instance drives, and claiming due work whose owner is gone.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{run::Run, Command, Driver};
+use crate::machine::saga::{Decision, Event, Saga};
+use crate::store::{self, sagas::{EventRecord, SagaRow}};
+
+impl Driver {
+    pub(super) async fn renew_loop(self: Arc<Self>) {
+        let every = self.lease_duration() / 3;
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            self.renew_once().await;
+        }
+    }
+
+    async fn renew_once(&self) {
+        let snapshot: Vec<(uuid::Uuid, i64)> = {
+            let owned = self.owned.lock().unwrap_or_else(|p| p.into_inner());
+            owned.iter().map(|(id, o)| (*id, o.fence)).collect()
+        };
+        if snapshot.is_empty() {
+            return;
+        }
+        let sent_ms = self.monotonic_ms();
+        let kept = match store::sagas::renew(&self.pool, &snapshot, self.lease_duration()).await {
+            Ok(kept) => kept.into_iter().collect::<HashMap<_, _>>(),
+            Err(e) => {
+                tracing::warn!(error = %e, count = snapshot.len(), "lease renewal failed");
+                return;
+            }
+        };
+        let mut locks = Vec::new();
+        {
+            let owned = self.owned.lock().unwrap_or_else(|p| p.into_inner());
+            for (id, fence) in &snapshot {
+                let Some(o) = owned.get(id).filter(|o| o.fence == *fence) else {
+                    continue;
+                };
+                match kept.get(id) {
+                    Some(cancel_requested) => {
+                        self.lease_renewed(&o.lease, sent_ms);
+                        if *cancel_requested {
+                            let _ = o.commands.send(Command::Cancel);
+                        }
+                        if let Some(token) = &o.lock {
+                            locks.push((*id, token.clone()));
+                        }
+                    }
+                    None => {
+                        let _ = o.commands.send(Command::OwnershipLost);
+                    }
+                }
+            }
+        }
+        for (id, token) in locks {
+            match self.locks.renew(id, &token, self.lease_duration()).await {
+                Ok(true) => {}
+                Ok(false) => tracing::warn!(transaction_id = %id, "redis lock lost; the Postgres fence still guards this transaction"),
+                Err(_) => break,
+            }
+        }
+    }
+
+    pub(super) async fn recovery_loop(self: Arc<Self>) {
+        let every = self.settings.coordinator.recovery_interval;
+        loop {
+            let claimed = match store::sagas::claim_due(
+                &self.pool,
+                self.instance(),
+                self.lease_duration(),
+                self.settings.coordinator.claim_batch,
+            )
+            .await
+            {
+                Ok(rows) => rows,
+                Err(e) => {
+                    tracing::warn!(error = %e, "recovery claim failed");
+                    Vec::new()
+                }
+            };
+            let full_batch = claimed.len() as i64 >= self.settings.coordinator.claim_batch;
+            if !claimed.is_empty() {
+                tracing::info!(count = claimed.len(), "claimed due transactions");
+            }
+            let sent_ms = self.monotonic_ms();
+            for row in claimed {
+                self.take_over(row, sent_ms).await;
+            }
+            // A full batch means more may be waiting: claim again at once.
+            let pause = if full_batch { Duration::ZERO } else { every };
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(transaction_id = %row.id))]
+    async fn take_over(self: &Arc<Self>, row: SagaRow, sent_ms: u64) {
+        let lock = match self.locks.acquire(row.id, self.lease_duration()).await {
+            Ok(Some(token)) => Some(token),
+            Ok(None) => {
+                // Someone still holds the lock: their lease only just expired. Look again later.
+                let wait = self
+                    .locks
+                    .remaining(row.id)
+                    .await
+                    .ok()
+                    .flatten()
+                    .unwrap_or(self.lease_duration());
+                tracing::info!(wait_ms = wait.as_millis() as u64, "transaction locked by another instance; backing off");
+                let _ = store::sagas::release(&self.pool, row.id, row.fence, wait).await;
+                return;
+            }
+            Err(_) => None,
+        };
+        let spec = match self.specs.get(&row.definition, row.version).await {
+            Ok(spec) => spec,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot load the saga's definition; retrying later");
+                let _ = store::sagas::release(&self.pool, row.id, row.fence, self.lease_duration()).await;
+                return;
+            }
+        };
+        let mut saga: Saga = match serde_json::from_value(row.progress.clone()) {
+            Ok(saga) => saga,
+            Err(e) => {
+                tracing::error!(error = %e, "stored saga state is unreadable; leaving it for an operator");
+                let _ = store::sagas::release(&self.pool, row.id, row.fence, Duration::from_secs(3600)).await;
+                return;
+            }
+        };
+        tracing::info!(state = %row.state, "recovering saga");
+        let clock = self.clock();
+        let mut decision = saga.handle(&spec, Event::Resume, clock);
+        if row.cancel_requested {
+            let cancel = saga.handle(&spec, Event::Cancel, clock);
+            decision = merge(decision, cancel);
+        }
+        let mut events = vec![EventRecord {
+            kind: "recovered",
+            actor: self.instance().to_string(),
+            detail: Some(serde_json::json!({ "locked": lock.is_some() })),
+            ..EventRecord::default()
+        }];
+        events.extend(self.transition_records(&decision));
+        let run = Run::new(row.id, spec, saga, Arc::new(row.input), row.fence);
+        self.adopt(run, (decision, events), lock, sent_ms);
+    }
+}
+
+fn merge(mut a: Decision, b: Decision) -> Decision {
+    a.calls.extend(b.calls);
+    a.durable |= b.durable;
+    a.transitions.extend(b.transitions);
+    a
+}

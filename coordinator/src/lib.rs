@@ -1,0 +1,13 @@
+//! Settle's coordinator as a library: the `settle` binary is thin glue over these modules.
+
+pub mod app;
+pub mod cli;
+pub mod definition;
+pub mod driver;
+pub mod http;
+pub mod lock;
+pub mod machine;
+pub mod settings;
+pub mod specs;
+pub mod store;
+pub mod telemetry;

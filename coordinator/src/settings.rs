@@ -1,0 +1,416 @@
+//! Configuration: defaults, then an optional `settle.toml`, then `SETTLE__SECTION__KEY`
+//! environment variables, validated once into values the rest of the code can trust.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// A secret that cannot be printed by accident.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub database: DatabaseSettings,
+    pub redis: RedisSettings,
+    pub coordinator: CoordinatorSettings,
+    pub participants: ParticipantSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub listen: SocketAddr,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// How long a SIGTERM waits for in-flight work before giving it back.
+    pub shutdown_timeout: Duration,
+    /// Longest `?wait=` a client may ask for.
+    pub max_wait: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct DatabaseSettings {
+    pub url: String,
+    pub pool_size: usize,
+    pub connect_timeout: Duration,
+    pub create_if_missing: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    pub url: String,
+    /// Prefix of every key this coordinator writes, so deployments can share a Redis.
+    pub key_prefix: String,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct CoordinatorSettings {
+    /// Names this process in `transactions.owner` and the logs.
+    pub instance_id: String,
+    /// How long an owner's claim on a transaction lasts without renewal.
+    pub lease: Duration,
+    /// Most transactions claimed by one recovery query.
+    pub claim_batch: i64,
+    /// Pause between recovery scans.
+    pub recovery_interval: Duration,
+    /// Saga definitions loaded at start-up (`*.yaml`, `*.yml`, `*.json`); none when unset.
+    pub sagas_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ParticipantSettings {
+    /// Signs every participant call (`Settle-Signature`) when set.
+    pub signing_secret: Option<Secret>,
+    /// Largest participant response body read (a step's output).
+    pub max_response_bytes: usize,
+    /// Idle keep-alive connections kept per participant host.
+    pub pool_idle_per_host: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogSettings {
+    pub json: bool,
+    /// A `tracing_subscriber::EnvFilter` directive such as `info` or `settle_coordinator=debug`.
+    pub level: String,
+}
+
+/// The raw shape read from the layers; every key is named so errors can name it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct Raw {
+    server: RawServer,
+    database: RawDatabase,
+    redis: RawRedis,
+    coordinator: RawCoordinator,
+    participants: RawParticipants,
+    log: RawLog,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawServer {
+    listen: String,
+    max_body_bytes: usize,
+    shutdown_timeout: String,
+    max_wait: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawDatabase {
+    url: String,
+    pool_size: usize,
+    connect_timeout: String,
+    create_if_missing: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawRedis {
+    url: String,
+    key_prefix: String,
+    timeout: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawCoordinator {
+    instance_id: String,
+    lease: String,
+    claim_batch: i64,
+    recovery_interval: String,
+    sagas_dir: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawParticipants {
+    signing_secret: String,
+    max_response_bytes: usize,
+    pool_idle_per_host: usize,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawLog {
+    json: bool,
+    level: String,
+}
+
+impl Default for Raw {
+    fn default() -> Self {
+        Raw {
+            server: RawServer::default(),
+            database: RawDatabase::default(),
+            redis: RawRedis::default(),
+            coordinator: RawCoordinator::default(),
+            participants: RawParticipants::default(),
+            log: RawLog::default(),
+        }
+    }
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        RawServer {
+            listen: "127.0.0.1:8080".into(),
+            max_body_bytes: 256 * 1024,
+            shutdown_timeout: "30s".into(),
+            max_wait: "60s".into(),
+        }
+    }
+}
+
+impl Default for RawDatabase {
+    fn default() -> Self {
+        RawDatabase {
+            url: "postgres://postgres@127.0.0.1:5432/settle".into(),
+            pool_size: 16,
+            connect_timeout: "5s".into(),
+            create_if_missing: true,
+        }
+    }
+}
+
+impl Default for RawRedis {
+    fn default() -> Self {
+        RawRedis {
+            url: "redis://127.0.0.1:6379".into(),
+            key_prefix: "settle".into(),
+            timeout: "500ms".into(),
+        }
+    }
+}
+
+impl Default for RawCoordinator {
+    fn default() -> Self {
+        RawCoordinator {
+            instance_id: String::new(),
+            lease: "15s".into(),
+            claim_batch: 100,
+            recovery_interval: "1s".into(),
+            sagas_dir: "sagas".into(),
+        }
+    }
+}
+
+impl Default for RawParticipants {
+    fn default() -> Self {
+        RawParticipants {
+            signing_secret: String::new(),
+            max_response_bytes: 1024 * 1024,
+            pool_idle_per_host: 64,
+        }
+    }
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        RawLog {
+            json: false,
+            level: "info".into(),
+        }
+    }
+}
+
+/// A configuration problem, naming the key.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct Error(String);
+
+impl Settings {
+    /// Loads defaults, then `file` when it exists, then `SETTLE__*` variables.
+    pub fn load(file: Option<&Path>) -> Result<Settings, Error> {
+        let mut builder = config::Config::builder();
+        let path = file.unwrap_or(Path::new("settle.toml"));
+        builder = builder.add_source(
+            config::File::from(path)
+                .format(config::FileFormat::Toml)
+                .required(file.is_some()),
+        );
+        builder = builder.add_source(
+            config::Environment::with_prefix("SETTLE")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true),
+        );
+        let raw: Raw = builder
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|e| Error(e.to_string()))?;
+        raw.validate()
+    }
+
+    /// The defaults alone, as a fresh machine gets them.
+    pub fn defaults() -> Settings {
+        Raw::default()
+            .validate()
+            .unwrap_or_else(|e| unreachable!("the defaults are valid: {e}"))
+    }
+}
+
+impl Raw {
+    fn validate(self) -> Result<Settings, Error> {
+        let listen: SocketAddr = self
+            .server
+            .listen
+            .parse()
+            .map_err(|_| Error(format!("server.listen: '{}' is not an address like 127.0.0.1:8080", self.server.listen)))?;
+        positive("server.max_body_bytes", self.server.max_body_bytes)?;
+        positive("database.pool_size", self.database.pool_size)?;
+        positive("participants.max_response_bytes", self.participants.max_response_bytes)?;
+        if self.database.url.trim().is_empty() {
+            return Err(Error("database.url: must not be empty".into()));
+        }
+        if !self.redis.url.starts_with("redis://") && !self.redis.url.starts_with("rediss://") {
+            return Err(Error(format!(
+                "redis.url: '{}' must start with redis:// or rediss://",
+                self.redis.url
+            )));
+        }
+        if !(1..=10_000).contains(&self.coordinator.claim_batch) {
+            return Err(Error(format!(
+                "coordinator.claim_batch: must be between 1 and 10000, got {}",
+                self.coordinator.claim_batch
+            )));
+        }
+        let lease = duration("coordinator.lease", &self.coordinator.lease)?;
+        if lease < Duration::from_millis(500) {
+            return Err(Error("coordinator.lease: must be at least 500ms".into()));
+        }
+        let instance_id = if self.coordinator.instance_id.trim().is_empty() {
+            format!("settle-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+        } else {
+            self.coordinator.instance_id
+        };
+        let level = self.log.level;
+        if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
+            return Err(Error(format!("log.level: '{level}' is not a valid filter")));
+        }
+        Ok(Settings {
+            server: ServerSettings {
+                listen,
+                max_body_bytes: self.server.max_body_bytes,
+                shutdown_timeout: duration("server.shutdown_timeout", &self.server.shutdown_timeout)?,
+                max_wait: duration("server.max_wait", &self.server.max_wait)?,
+            },
+            database: DatabaseSettings {
+                url: self.database.url,
+                pool_size: self.database.pool_size,
+                connect_timeout: duration("database.connect_timeout", &self.database.connect_timeout)?,
+                create_if_missing: self.database.create_if_missing,
+            },
+            redis: RedisSettings {
+                url: self.redis.url,
+                key_prefix: self.redis.key_prefix,
+                timeout: duration("redis.timeout", &self.redis.timeout)?,
+            },
+            coordinator: CoordinatorSettings {
+                instance_id,
+                lease,
+                claim_batch: self.coordinator.claim_batch,
+                recovery_interval: duration("coordinator.recovery_interval", &self.coordinator.recovery_interval)?,
+                sagas_dir: (!self.coordinator.sagas_dir.is_empty())
+                    .then(|| PathBuf::from(self.coordinator.sagas_dir)),
+            },
+            participants: ParticipantSettings {
+                signing_secret: (!self.participants.signing_secret.is_empty())
+                    .then(|| Secret::new(self.participants.signing_secret)),
+                max_response_bytes: self.participants.max_response_bytes,
+                pool_idle_per_host: self.participants.pool_idle_per_host,
+            },
+            log: LogSettings {
+                json: self.log.json,
+                level,
+            },
+        })
+    }
+}
+
+fn positive(key: &str, value: usize) -> Result<(), Error> {
+    if value == 0 {
+        return Err(Error(format!("{key}: must be greater than zero")));
+    }
+    Ok(())
+}
+
+fn duration(key: &str, text: &str) -> Result<Duration, Error> {
+    let d = humantime::parse_duration(text.trim())
+        .map_err(|_| Error(format!("{key}: '{text}' is not a duration like 500ms, 15s or 2m")))?;
+    if d.is_zero() {
+        return Err(Error(format!("{key}: must be longer than zero")));
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_toml(text: &str) -> Result<Settings, Error> {
+        let dir = std::env::temp_dir().join(format!("settle-settings-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("settle.toml");
+        std::fs::write(&path, text).unwrap();
+        let result = Settings::load(Some(&path));
+        std::fs::remove_dir_all(&dir).unwrap();
+        result
+    }
+
+    #[test]
+    fn defaults_work_on_a_fresh_machine() {
+        let s = Settings::defaults();
+        assert_eq!(s.server.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(s.coordinator.lease, Duration::from_secs(15));
+        assert!(s.database.url.ends_with("/settle"));
+    }
+
+    #[test]
+    fn a_file_overrides_defaults() {
+        let s = load_toml("[coordinator]\nlease = \"3s\"\nclaim_batch = 7\n").unwrap();
+        assert_eq!(s.coordinator.lease, Duration::from_secs(3));
+        assert_eq!(s.coordinator.claim_batch, 7);
+    }
+
+    #[test]
+    fn invalid_values_name_the_key() {
+        let cases = [
+            ("[coordinator]\nlease = \"banana\"\n", "coordinator.lease"),
+            ("[server]\nlisten = \"nowhere\"\n", "server.listen"),
+            ("[coordinator]\nclaim_batch = 0\n", "coordinator.claim_batch"),
+            ("[database]\npool_size = \"many\"\n", "pool_size"),
+            ("[server]\nlistne = \"x\"\n", "listne"),
+            ("[redis]\nurl = \"http://x\"\n", "redis.url"),
+        ];
+        for (toml, key) in cases {
+            let err = load_toml(toml).expect_err(toml).to_string();
+            assert!(err.contains(key), "{toml:?} gave {err}");
+        }
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let secret = Secret::new("hunter2");
+        assert_eq!(format!("{secret:?}"), "Secret(***)");
+    }
+}

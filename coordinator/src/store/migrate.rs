@@ -1,0 +1,71 @@
+//! Forward-only schema migrations from `migrations/`, applied under a Postgres
+//! advisory lock so that instances starting together do not race.
+
+use deadpool_postgres::Pool;
+
+/// Every migration, in order. Changing the schema means adding a file here.
+const MIGRATIONS: &[(i32, &str, &str)] = &[(
+    1,
+    "initial",
+    include_str!("../../../migrations/0001_initial.sql"),
+)];
+
+/// Arbitrary constant naming Settle's migration lock.
+const MIGRATION_LOCK: i64 = 0x5e77_1e00_0001;
+
+/// Applies the migrations that are missing; returns how many were applied.
+pub async fn run(pool: &Pool) -> anyhow::Result<usize> {
+    let mut client = pool
+        .get()
+        .await
+        .map_err(|e| anyhow::anyhow!("connecting to PostgreSQL to migrate: {e}"))?;
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+        .await?;
+    let result = apply(&mut client).await;
+    client
+        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+        .await?;
+    result
+}
+
+async fn apply(client: &mut deadpool_postgres::Object) -> anyhow::Result<usize> {
+    client
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS settle_migrations (
+                version integer PRIMARY KEY,
+                name text NOT NULL,
+                applied_at timestamptz NOT NULL DEFAULT now())",
+        )
+        .await?;
+    let applied: Vec<i32> = client
+        .query("SELECT version FROM settle_migrations", &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut count = 0;
+    for (version, name, sql) in MIGRATIONS {
+        if applied.contains(version) {
+            continue;
+        }
+        let tx = client.transaction().await?;
+        tx.batch_execute(sql)
+            .await
+            .map_err(|e| anyhow::anyhow!("migration {version} ({name}) failed: {e}"))?;
+        tx.execute(
+            "INSERT INTO settle_migrations (version, name) VALUES ($1, $2)",
+            &[version, name],
+        )
+        .await?;
+        tx.commit().await?;
+        tracing::info!(version, name, "applied migration");
+        count += 1;
+    }
+    Ok(count)
+}
+
+/// The newest migration this binary knows, for readiness checks.
+pub fn latest_version() -> i32 {
+    MIGRATIONS.last().map_or(0, |m| m.0)
+}

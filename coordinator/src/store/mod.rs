@@ -1,0 +1,116 @@
+//! PostgreSQL access. Every write to a transaction's state is conditional on the
+//! writer's fence; a write that matches no row means the writer lost ownership.
+
+pub mod definitions;
+pub mod migrate;
+pub mod sagas;
+
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::NoTls;
+
+use crate::machine::Millis;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong talking to Postgres, named by what the caller can do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No connection could be had (server down, restarting, pool exhausted): retry later.
+    #[error("database unavailable")]
+    Unavailable(#[source] deadpool_postgres::PoolError),
+    /// A statement failed; a retry may help if the connection dropped.
+    #[error("database statement failed")]
+    Query(#[from] tokio_postgres::Error),
+    /// A stored row could not be understood (a bug or a manual edit).
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+impl From<deadpool_postgres::PoolError> for Error {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        Error::Unavailable(e)
+    }
+}
+
+/// Builds the connection pool. Connections are made lazily, so a database that is
+/// down at start-up shows up as `Unavailable` errors, not a crash.
+pub fn pool(url: &str, size: usize, connect_timeout: Duration) -> anyhow::Result<Pool> {
+    let mut config = tokio_postgres::Config::from_str(url)
+        .map_err(|e| anyhow::anyhow!("database.url is not a valid PostgreSQL URL: {e}"))?;
+    config.connect_timeout(connect_timeout);
+    if config.get_application_name().is_none() {
+        config.application_name("settle");
+    }
+    let manager = Manager::from_config(
+        config,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Ok(Pool::builder(manager)
+        .max_size(size)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(connect_timeout))
+        .create_timeout(Some(connect_timeout))
+        .recycle_timeout(Some(connect_timeout))
+        .build()?)
+}
+
+/// Creates the database named in `url` when it does not exist yet, connecting to
+/// the `postgres` maintenance database on the same server.
+pub async fn create_database_if_missing(url: &str) -> anyhow::Result<()> {
+    let config = tokio_postgres::Config::from_str(url)?;
+    let Some(name) = config.get_dbname().map(str::to_owned) else {
+        return Ok(());
+    };
+    let mut admin = config.clone();
+    admin.dbname("postgres");
+    let (client, connection) = admin.connect(NoTls).await.map_err(|e| {
+        anyhow::anyhow!("connecting to PostgreSQL to create database {name}: {e}")
+    })?;
+    let conn = tokio::spawn(connection);
+    let exists = client
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+        .await?
+        .is_some();
+    if !exists {
+        let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+        match client.batch_execute(&format!("CREATE DATABASE {quoted}")).await {
+            Ok(()) => tracing::info!(database = %name, "created database"),
+            // Another instance created it a moment ago.
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE) => {}
+            Err(e) => return Err(anyhow::anyhow!("creating database {name}: {e}")),
+        }
+    }
+    drop(client);
+    let _ = conn.await;
+    Ok(())
+}
+
+pub fn to_time(ms: Millis) -> SystemTime {
+    if ms >= 0 {
+        UNIX_EPOCH + Duration::from_millis(ms as u64)
+    } else {
+        UNIX_EPOCH
+    }
+}
+
+pub fn to_millis(t: SystemTime) -> Millis {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as Millis)
+        .unwrap_or(0)
+}
+
+/// RFC 3339 with milliseconds, as every API timestamp is written.
+pub fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// The instance's wall clock in milliseconds: the one place the coordinator reads it.
+pub fn wall_clock_millis() -> Millis {
+    to_millis(SystemTime::now())
+}

@@ -1,0 +1,351 @@
+//! Saga rows: creation, fenced outcome writes with their timeline events, lease
+//! renewal, recovery claims and cancel requests.
+
+use std::time::{Duration, SystemTime};
+
+use deadpool_postgres::Pool;
+use serde::Serialize;
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::{to_time, Result};
+use crate::machine::Millis;
+
+/// A timeline entry, appended in the same statement as the state it describes.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct EventRecord {
+    pub kind: &'static str,
+    pub step: Option<String>,
+    pub phase: Option<&'static str>,
+    pub attempt: Option<i32>,
+    pub status_code: Option<i32>,
+    pub error: Option<String>,
+    pub duration_ms: Option<i32>,
+    pub actor: String,
+    pub detail: Option<Value>,
+}
+
+/// A saga about to be created.
+#[derive(Debug)]
+pub struct NewSaga<'a> {
+    pub id: Uuid,
+    pub definition: &'a str,
+    pub version: i32,
+    pub state: &'a str,
+    pub input: &'a Value,
+    pub progress: &'a Value,
+    pub idempotency_key: Option<&'a str>,
+    pub request_digest: &'a str,
+    pub deadline: Millis,
+    pub next_attempt_at: Option<Millis>,
+    pub owner: &'a str,
+    pub lease: Duration,
+    pub actor: &'a str,
+}
+
+#[derive(Debug, PartialEq)]
+pub enum Inserted {
+    /// The saga now exists, owned by the caller under this fence.
+    Created { fence: i64 },
+    /// The idempotency key was used before; `same_request` says whether with the same body.
+    Existing { id: Uuid, same_request: bool },
+}
+
+/// One commit: the saga row, owned by its creator, plus its `started` event.
+pub async fn insert(pool: &Pool, saga: &NewSaga<'_>) -> Result<Inserted> {
+    let client = pool.get().await?;
+    let stmt = client
+        .prepare_cached(
+            "WITH t AS (
+                INSERT INTO transactions (id, kind, definition, version, state, input, progress,
+                    idempotency_key, request_digest, deadline, next_attempt_at, owner, lease_until, fence)
+                VALUES ($1, 'saga', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11,
+                    now() + ($12::bigint * interval '1 millisecond'), nextval('settle_fence'))
+                ON CONFLICT (idempotency_key) DO NOTHING
+                RETURNING id, fence),
+             e AS (
+                INSERT INTO events (transaction_id, kind, actor, detail)
+                SELECT id, 'started', $13, jsonb_build_object('definition', $2::text, 'version', $3::int) FROM t)
+             SELECT fence FROM t",
+        )
+        .await?;
+    let lease_ms = saga.lease.as_millis() as i64;
+    let row = client
+        .query_opt(
+            &stmt,
+            &[
+                &saga.id,
+                &saga.definition,
+                &saga.version,
+                &saga.state,
+                saga.input,
+                saga.progress,
+                &saga.idempotency_key,
+                &saga.request_digest,
+                &to_time(saga.deadline),
+                &saga.next_attempt_at.map(to_time),
+                &saga.owner,
+                &lease_ms,
+                &saga.actor,
+            ],
+        )
+        .await?;
+    if let Some(row) = row {
+        return Ok(Inserted::Created { fence: row.get(0) });
+    }
+    let existing = client
+        .query_one(
+            "SELECT id, request_digest FROM transactions WHERE idempotency_key = $1",
+            &[&saga.idempotency_key],
+        )
+        .await?;
+    let digest: String = existing.get(1);
+    Ok(Inserted::Existing {
+        id: existing.get(0),
+        same_request: digest == saga.request_digest,
+    })
+}
+
+/// A fenced state write.
+#[derive(Debug)]
+pub struct Outcome<'a> {
+    pub id: Uuid,
+    pub fence: i64,
+    pub state: &'a str,
+    pub progress: &'a Value,
+    pub reason: Option<&'a str>,
+    pub next_attempt_at: Option<Millis>,
+    pub lease: Duration,
+    pub events: &'a [EventRecord],
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Written {
+    /// Durable. Carries whether a cancel has been requested meanwhile.
+    Ok { cancel_requested: bool },
+    /// The fence no longer matches: another instance owns the transaction; stop.
+    OwnershipLost,
+}
+
+/// One commit: the new state, a renewed lease and the events describing the change,
+/// all conditional on the fence.
+pub async fn write(pool: &Pool, outcome: &Outcome<'_>) -> Result<Written> {
+    let client = pool.get().await?;
+    let stmt = client
+        .prepare_cached(
+            "WITH t AS (
+                UPDATE transactions
+                   SET state = $3, progress = $4, reason = $5, next_attempt_at = $6, updated_at = now(),
+                       lease_until = now() + ($7::bigint * interval '1 millisecond')
+                 WHERE id = $1 AND fence = $2
+                RETURNING id, cancel_requested),
+             e AS (
+                INSERT INTO events (transaction_id, kind, step, phase, attempt, status_code, error, duration_ms, actor, detail)
+                SELECT t.id, x.kind, x.step, x.phase, x.attempt, x.status_code, x.error, x.duration_ms, x.actor, x.detail
+                  FROM t, jsonb_to_recordset($8::jsonb) AS x(kind text, step text, phase text, attempt int,
+                       status_code int, error text, duration_ms int, actor text, detail jsonb))
+             SELECT cancel_requested FROM t",
+        )
+        .await?;
+    let events = serde_json::to_value(outcome.events).unwrap_or(Value::Array(vec![]));
+    let lease_ms = outcome.lease.as_millis() as i64;
+    let row = client
+        .query_opt(
+            &stmt,
+            &[
+                &outcome.id,
+                &outcome.fence,
+                &outcome.state,
+                outcome.progress,
+                &outcome.reason,
+                &outcome.next_attempt_at.map(to_time),
+                &lease_ms,
+                &events,
+            ],
+        )
+        .await?;
+    Ok(match row {
+        Some(row) => Written::Ok {
+            cancel_requested: row.get(0),
+        },
+        None => Written::OwnershipLost,
+    })
+}
+
+/// A saga row as read back, for the API and for a new owner.
+#[derive(Debug, Clone)]
+pub struct SagaRow {
+    pub id: Uuid,
+    pub definition: String,
+    pub version: i32,
+    pub state: String,
+    pub input: Value,
+    pub progress: Value,
+    pub reason: Option<String>,
+    pub cancel_requested: bool,
+    pub deadline: Option<SystemTime>,
+    pub next_attempt_at: Option<SystemTime>,
+    pub created_at: SystemTime,
+    pub updated_at: SystemTime,
+    pub fence: i64,
+}
+
+const SAGA_COLUMNS: &str = "id, definition, version, state, input, progress, reason, cancel_requested, \
+     deadline, next_attempt_at, created_at, updated_at, fence";
+
+impl SagaRow {
+    fn from_row(row: &tokio_postgres::Row) -> Self {
+        SagaRow {
+            id: row.get("id"),
+            definition: row.get("definition"),
+            version: row.get("version"),
+            state: row.get("state"),
+            input: row.get("input"),
+            progress: row.get("progress"),
+            reason: row.get("reason"),
+            cancel_requested: row.get("cancel_requested"),
+            deadline: row.get("deadline"),
+            next_attempt_at: row.get("next_attempt_at"),
+            created_at: row.get("created_at"),
+            updated_at: row.get("updated_at"),
+            fence: row.get("fence"),
+        }
+    }
+}
+
+pub async fn get(pool: &Pool, id: Uuid) -> Result<Option<SagaRow>> {
+    let client = pool.get().await?;
+    let stmt = client
+        .prepare_cached(&format!(
+            "SELECT {SAGA_COLUMNS} FROM transactions WHERE id = $1 AND kind = 'saga'"
+        ))
+        .await?;
+    Ok(client
+        .query_opt(&stmt, &[&id])
+        .await?
+        .map(|r| SagaRow::from_row(&r)))
+}
+
+/// Takes over due work whose owner's lease has expired, using the database clock.
+/// Each claimed row gets a fresh fence, so the previous owner's writes now fail.
+pub async fn claim_due(pool: &Pool, owner: &str, lease: Duration, limit: i64) -> Result<Vec<SagaRow>> {
+    let client = pool.get().await?;
+    let stmt = client
+        .prepare_cached(&format!(
+            "UPDATE transactions
+                SET owner = $1, fence = nextval('settle_fence'),
+                    lease_until = now() + ($2::bigint * interval '1 millisecond')
+              WHERE id IN (
+                    SELECT id FROM transactions
+                     WHERE state IN ('running', 'compensating')
+                       AND next_attempt_at <= now()
+                       AND lease_until < now()
+                     ORDER BY next_attempt_at
+                     LIMIT $3
+                     FOR UPDATE SKIP LOCKED)
+            RETURNING {SAGA_COLUMNS}"
+        ))
+        .await?;
+    let lease_ms = lease.as_millis() as i64;
+    let rows = client.query(&stmt, &[&owner, &lease_ms, &limit]).await?;
+    Ok(rows.iter().map(SagaRow::from_row).collect())
+}
+
+/// Extends the leases of everything this instance drives in one statement.
+/// Returns the ids still owned, each with its cancel flag; the rest were lost.
+pub async fn renew(pool: &Pool, owned: &[(Uuid, i64)], lease: Duration) -> Result<Vec<(Uuid, bool)>> {
+    if owned.is_empty() {
+        return Ok(vec![]);
+    }
+    let client = pool.get().await?;
+    let stmt = client
+        .prepare_cached(
+            "UPDATE transactions t
+                SET lease_until = now() + ($3::bigint * interval '1 millisecond')
+               FROM unnest($1::uuid[], $2::int8[]) AS x(id, fence)
+              WHERE t.id = x.id AND t.fence = x.fence
+          RETURNING t.id, t.cancel_requested",
+        )
+        .await?;
+    let ids: Vec<Uuid> = owned.iter().map(|o| o.0).collect();
+    let fences: Vec<i64> = owned.iter().map(|o| o.1).collect();
+    let lease_ms = lease.as_millis() as i64;
+    let rows = client.query(&stmt, &[&ids, &fences, &lease_ms]).await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// Gives a transaction back: any instance may claim it once `after` has passed.
+pub async fn release(pool: &Pool, id: Uuid, fence: i64, after: Duration) -> Result<bool> {
+    let client = pool.get().await?;
+    let after_ms = after.as_millis() as i64;
+    let n = client
+        .execute(
+            "UPDATE transactions
+                SET owner = NULL, lease_until = now() + ($3::bigint * interval '1 millisecond') - interval '1 millisecond'
+              WHERE id = $1 AND fence = $2",
+            &[&id, &fence, &after_ms],
+        )
+        .await?;
+    Ok(n == 1)
+}
+
+/// Records a cancel request on a running saga. It is a request, not a state
+/// change: the owner (or whoever claims the saga next) turns it into compensation.
+/// Returns the saga's state, or None when there is no such saga.
+pub async fn request_cancel(pool: &Pool, id: Uuid, actor: &str) -> Result<Option<String>> {
+    let client = pool.get().await?;
+    let row = client
+        .query_opt(
+            "WITH t AS (
+                UPDATE transactions
+                   SET cancel_requested = true, next_attempt_at = LEAST(COALESCE(next_attempt_at, now()), now())
+                 WHERE id = $1 AND kind = 'saga' AND state = 'running' AND NOT cancel_requested
+                RETURNING id),
+             e AS (INSERT INTO events (transaction_id, kind, actor) SELECT id, 'cancel_requested', $2 FROM t)
+             SELECT state FROM transactions WHERE id = $1 AND kind = 'saga'",
+            &[&id, &actor],
+        )
+        .await?;
+    Ok(row.map(|r| r.get(0)))
+}
+
+/// The timeline of one transaction, oldest first.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoredEvent {
+    pub at: String,
+    pub kind: String,
+    pub step: Option<String>,
+    pub phase: Option<String>,
+    pub attempt: Option<i32>,
+    pub status_code: Option<i32>,
+    pub error: Option<String>,
+    pub duration_ms: Option<i32>,
+    pub actor: String,
+    pub detail: Option<Value>,
+}
+
+pub async fn events(pool: &Pool, id: Uuid) -> Result<Vec<StoredEvent>> {
+    let client = pool.get().await?;
+    let rows = client
+        .query(
+            "SELECT at, kind, step, phase, attempt, status_code, error, duration_ms, actor, detail
+               FROM events WHERE transaction_id = $1 ORDER BY id",
+            &[&id],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| StoredEvent {
+            at: super::rfc3339(r.get(0)),
+            kind: r.get(1),
+            step: r.get(2),
+            phase: r.get(3),
+            attempt: r.get(4),
+            status_code: r.get(5),
+            error: r.get(6),
+            duration_ms: r.get(7),
+            actor: r.get(8),
+            detail: r.get(9),
+        })
+        .collect())
+}

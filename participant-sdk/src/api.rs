@@ -1,0 +1,113 @@
+//! The coordinator's REST resources as they travel on the wire: what `POST /v1/sagas`
+//! takes and what the read endpoints return. The coordinator serializes these and the
+//! SDK client deserializes them, so the two cannot disagree.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+/// Body of `POST /v1/sagas`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StartSaga {
+    /// Name of a registered saga definition; its latest version is used.
+    pub definition: String,
+    /// The saga input, passed to every step.
+    #[serde(default)]
+    pub input: Value,
+}
+
+/// A saga as `GET /v1/sagas/{id}` returns it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Saga {
+    pub id: Uuid,
+    pub definition: String,
+    pub version: i32,
+    /// `running`, `compensating`, `completed`, `compensated` or `stuck`.
+    pub state: String,
+    pub input: Value,
+    /// Why the saga left the forward path (a step's refusal, exhausted retries,
+    /// the deadline, a cancel) or why it is stuck.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Whether a cancel was requested.
+    #[serde(default)]
+    pub cancel_requested: bool,
+    pub steps: Vec<SagaStep>,
+    /// RFC 3339 timestamps.
+    pub created_at: String,
+    pub updated_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<String>,
+}
+
+impl Saga {
+    /// True once the saga can no longer change by itself (`completed` or `compensated`).
+    pub fn is_terminal(&self) -> bool {
+        matches!(self.state.as_str(), "completed" | "compensated")
+    }
+
+    /// The step with this name, if the definition has one.
+    pub fn step(&self, name: &str) -> Option<&SagaStep> {
+        self.steps.iter().find(|s| s.name == name)
+    }
+}
+
+/// One step of a saga, as the read endpoints show it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SagaStep {
+    pub name: String,
+    /// `pending`, `running`, `succeeded`, `failed`, `compensating`, `compensated` or `skipped`.
+    pub state: String,
+    /// Calls made for the action.
+    pub attempts: u32,
+    /// Calls made for the compensation.
+    pub compensation_attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_status: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<String>,
+}
+
+/// A registered saga definition version, as the read endpoints return it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SagaDefinition {
+    pub name: String,
+    pub version: i32,
+    /// Hex SHA-256 of the normalized definition.
+    pub digest: String,
+    pub created_at: String,
+    /// The normalized definition document.
+    pub spec: Value,
+}
+
+/// One entry of `GET /v1/saga-definitions`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SagaDefinitionSummary {
+    pub name: String,
+    pub latest_version: i32,
+    pub description: Option<String>,
+    pub steps: usize,
+    pub updated_at: String,
+}
+
+/// An `application/problem+json` body (RFC 9457) with Settle's stable `code`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub title: String,
+    pub status: u16,
+    /// Stable, machine-readable error code, e.g. `invalid_definition`.
+    pub code: String,
+    pub detail: String,
+    /// The offending field, when one is to blame (e.g. `steps[1].action.url`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
