@@ -1,15 +1,5 @@
-//! The `settle` binary: parse the command line, then hand over to the library.
+//! The `settle` binary: everything lives in the library; see `settle_coordinator::cli`.
 
-use clap::Parser;
-
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
-    let cli = settle_coordinator::cli::Cli::parse();
-    match settle_coordinator::cli::run(cli).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("settle: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+fn main() -> std::process::ExitCode {
+    settle_coordinator::cli::main()
 }

@@ -73,6 +73,10 @@ pub fn parse(body: &[u8], format: Format) -> Result<Document, Invalid> {
 
 fn located<E: std::fmt::Display>(e: serde_path_to_error::Error<E>) -> Invalid {
     let path = e.path().to_string();
+    if path.contains('?') {
+        // A syntax error: no field to blame, so keep the line and column.
+        return Invalid::new("", format!("not valid YAML/JSON: {}", e.into_inner()));
+    }
     let field = if path == "." { String::new() } else { path };
     Invalid::new(field, clean_serde_message(&e.into_inner().to_string()))
 }

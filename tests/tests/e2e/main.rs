@@ -1,0 +1,9 @@
+//! Settle's end-to-end tests, one binary: real coordinators (in process and as
+//! processes), real participant HTTP servers, real PostgreSQL and Redis.
+
+mod api_errors;
+mod crash_recovery;
+mod definitions;
+mod order_workflow;
+mod sagas;
+mod support;

@@ -1,0 +1,71 @@
+//! Shared set-up for the e2e tests: a database, a coordinator and a scripted participant.
+
+use std::time::Duration;
+
+use settle_tests::coordinator::{test_settings, TestCoordinator};
+use settle_tests::db::TestDatabase;
+use settle_tests::redis_server;
+use settle_tests::scripted::ScriptedParticipant;
+
+/// The `settle` program as built for these tests.
+pub const SETTLE_BIN: &str = env!("CARGO_BIN_EXE_settle-under-test");
+
+pub struct World {
+    pub db: TestDatabase,
+    pub coordinator: TestCoordinator,
+    pub participant: ScriptedParticipant,
+}
+
+impl World {
+    pub async fn start() -> World {
+        redis_server::require_shared().await;
+        let db = TestDatabase::create().await;
+        let coordinator = TestCoordinator::start(test_settings(&db.url, redis_server::SHARED)).await;
+        let participant = ScriptedParticipant::start().await;
+        World {
+            db,
+            coordinator,
+            participant,
+        }
+    }
+
+    /// Registers a definition written in YAML and returns its version.
+    pub async fn register(&self, name: &str, yaml: &str) -> i32 {
+        let (def, _) = self
+            .coordinator
+            .client
+            .register_definition_yaml(name, yaml)
+            .await
+            .unwrap_or_else(|e| panic!("registering {name}: {e}"));
+        def.version
+    }
+
+    pub async fn stop(self) {
+        self.coordinator.stop().await;
+        self.participant.stop().await;
+    }
+}
+
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// A saga of steps on the scripted participant: `(name, depends_on, with compensation)`;
+/// paths are `/{name}` and `/{name}/undo`.
+pub fn saga_yaml(world: &World, name: &str, extra: &str, steps: &[(&str, Option<&[&str]>, bool)]) -> String {
+    let mut yaml = format!(
+        "name: {name}\n{extra}retry: {{ max_attempts: 3, initial_backoff: 10ms, max_backoff: 50ms }}\nsteps:\n"
+    );
+    for (step, deps, comp) in steps {
+        yaml.push_str(&format!("  - name: {step}\n"));
+        yaml.push_str(&format!("    action: {{ url: \"{}\", timeout: 2s }}\n", world.participant.url(&format!("/{step}"))));
+        if *comp {
+            yaml.push_str(&format!(
+                "    compensation: {{ url: \"{}\" }}\n",
+                world.participant.url(&format!("/{step}/undo"))
+            ));
+        }
+        if let Some(deps) = deps {
+            yaml.push_str(&format!("    depends_on: [{}]\n", deps.join(", ")));
+        }
+    }
+    yaml
+}
