@@ -4,6 +4,7 @@
 mod api_errors;
 mod crash_recovery;
 mod definitions;
+mod lifecycle;
 mod order_workflow;
 mod sagas;
 mod support;
