@@ -69,8 +69,9 @@ impl Application {
             locks,
             settings: settings.clone(),
         });
-        let listener = TcpListener::bind(settings.server.listen)
-            .map_err(|e| anyhow::anyhow!("server.listen: cannot bind {}: {e}", settings.server.listen))?;
+        let listener = TcpListener::bind(settings.server.listen).map_err(|e| {
+            anyhow::anyhow!("server.listen: cannot bind {}: {e}", settings.server.listen)
+        })?;
         let port = listener.local_addr()?.port();
         let server = HttpServer::new(move || {
             App::new()
@@ -122,7 +123,12 @@ pub async fn load_definitions(pool: &deadpool_postgres::Pool, dir: &Path) -> any
             tracing::info!(dir = %dir.display(), "no saga definition directory; skipping");
             return Ok(0);
         }
-        Err(e) => return Err(anyhow::anyhow!("coordinator.sagas_dir: reading {}: {e}", dir.display())),
+        Err(e) => {
+            return Err(anyhow::anyhow!(
+                "coordinator.sagas_dir: reading {}: {e}",
+                dir.display()
+            ))
+        }
     };
     let mut paths: Vec<_> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
     paths.sort();
@@ -131,10 +137,12 @@ pub async fn load_definitions(pool: &deadpool_postgres::Pool, dir: &Path) -> any
         let Some(format) = Format::from_path(&path) else {
             continue;
         };
-        let body = std::fs::read(&path).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+        let body =
+            std::fs::read(&path).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
         let doc = definition::parse(&body, format)
             .map_err(|e| anyhow::anyhow!("saga definition {}: {e}", path.display()))?;
-        definition::compile(&doc, 1).map_err(|e| anyhow::anyhow!("saga definition {}: {e}", path.display()))?;
+        definition::compile(&doc, 1)
+            .map_err(|e| anyhow::anyhow!("saga definition {}: {e}", path.display()))?;
         let spec = serde_json::to_value(&doc)?;
         let (stored, created) =
             store::definitions::register(pool, &doc.name, &spec, &definition::digest(&doc)).await?;

@@ -9,7 +9,11 @@ use crate::settings::Settings;
 use crate::{store, telemetry};
 
 #[derive(Debug, Parser)]
-#[command(name = "settle", version, about = "Settle: a distributed transaction coordinator")]
+#[command(
+    name = "settle",
+    version,
+    about = "Settle: a distributed transaction coordinator"
+)]
 pub struct Cli {
     /// Configuration file (default: ./settle.toml when present).
     #[arg(long, global = true)]
@@ -32,7 +36,10 @@ pub enum Command {
 /// The whole `settle` program: what `main` runs.
 pub fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("settle: cannot start the async runtime: {e}");

@@ -69,7 +69,10 @@ impl Locks {
         self.reachable.load(Ordering::Relaxed)
     }
 
-    async fn bounded<T>(&self, fut: impl std::future::Future<Output = redis::RedisResult<T>>) -> Result<T> {
+    async fn bounded<T>(
+        &self,
+        fut: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T> {
         let result = match tokio::time::timeout(self.timeout, fut).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(Error::Unreachable(e)),
@@ -131,6 +134,8 @@ impl Locks {
     pub async fn ping(&self) -> bool {
         let mut conn = self.manager.clone();
         let cmd = redis::cmd("PING");
-        self.bounded(cmd.query_async::<String>(&mut conn)).await.is_ok()
+        self.bounded(cmd.query_async::<String>(&mut conn))
+            .await
+            .is_ok()
     }
 }

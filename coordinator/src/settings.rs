@@ -95,7 +95,7 @@ pub struct LogSettings {
 }
 
 /// The raw shape read from the layers; every key is named so errors can name it.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct Raw {
     server: RawServer,
@@ -155,19 +155,6 @@ struct RawParticipants {
 struct RawLog {
     json: bool,
     level: String,
-}
-
-impl Default for Raw {
-    fn default() -> Self {
-        Raw {
-            server: RawServer::default(),
-            database: RawDatabase::default(),
-            redis: RawRedis::default(),
-            coordinator: RawCoordinator::default(),
-            participants: RawParticipants::default(),
-            log: RawLog::default(),
-        }
-    }
 }
 
 impl Default for RawServer {
@@ -271,14 +258,18 @@ impl Settings {
 
 impl Raw {
     fn validate(self) -> Result<Settings, Error> {
-        let listen: SocketAddr = self
-            .server
-            .listen
-            .parse()
-            .map_err(|_| Error(format!("server.listen: '{}' is not an address like 127.0.0.1:8080", self.server.listen)))?;
+        let listen: SocketAddr = self.server.listen.parse().map_err(|_| {
+            Error(format!(
+                "server.listen: '{}' is not an address like 127.0.0.1:8080",
+                self.server.listen
+            ))
+        })?;
         positive("server.max_body_bytes", self.server.max_body_bytes)?;
         positive("database.pool_size", self.database.pool_size)?;
-        positive("participants.max_response_bytes", self.participants.max_response_bytes)?;
+        positive(
+            "participants.max_response_bytes",
+            self.participants.max_response_bytes,
+        )?;
         if self.database.url.trim().is_empty() {
             return Err(Error("database.url: must not be empty".into()));
         }
@@ -299,7 +290,10 @@ impl Raw {
             return Err(Error("coordinator.lease: must be at least 500ms".into()));
         }
         let instance_id = if self.coordinator.instance_id.trim().is_empty() {
-            format!("settle-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+            format!(
+                "settle-{}",
+                &uuid::Uuid::new_v4().simple().to_string()[..12]
+            )
         } else {
             self.coordinator.instance_id
         };
@@ -311,13 +305,19 @@ impl Raw {
             server: ServerSettings {
                 listen,
                 max_body_bytes: self.server.max_body_bytes,
-                shutdown_timeout: duration("server.shutdown_timeout", &self.server.shutdown_timeout)?,
+                shutdown_timeout: duration(
+                    "server.shutdown_timeout",
+                    &self.server.shutdown_timeout,
+                )?,
                 max_wait: duration("server.max_wait", &self.server.max_wait)?,
             },
             database: DatabaseSettings {
                 url: self.database.url,
                 pool_size: self.database.pool_size,
-                connect_timeout: duration("database.connect_timeout", &self.database.connect_timeout)?,
+                connect_timeout: duration(
+                    "database.connect_timeout",
+                    &self.database.connect_timeout,
+                )?,
                 create_if_missing: self.database.create_if_missing,
             },
             redis: RedisSettings {
@@ -329,7 +329,10 @@ impl Raw {
                 instance_id,
                 lease,
                 claim_batch: self.coordinator.claim_batch,
-                recovery_interval: duration("coordinator.recovery_interval", &self.coordinator.recovery_interval)?,
+                recovery_interval: duration(
+                    "coordinator.recovery_interval",
+                    &self.coordinator.recovery_interval,
+                )?,
                 sagas_dir: (!self.coordinator.sagas_dir.is_empty())
                     .then(|| PathBuf::from(self.coordinator.sagas_dir)),
             },
@@ -355,8 +358,11 @@ fn positive(key: &str, value: usize) -> Result<(), Error> {
 }
 
 fn duration(key: &str, text: &str) -> Result<Duration, Error> {
-    let d = humantime::parse_duration(text.trim())
-        .map_err(|_| Error(format!("{key}: '{text}' is not a duration like 500ms, 15s or 2m")))?;
+    let d = humantime::parse_duration(text.trim()).map_err(|_| {
+        Error(format!(
+            "{key}: '{text}' is not a duration like 500ms, 15s or 2m"
+        ))
+    })?;
     if d.is_zero() {
         return Err(Error(format!("{key}: must be longer than zero")));
     }
@@ -397,7 +403,10 @@ mod tests {
         let cases = [
             ("[coordinator]\nlease = \"banana\"\n", "coordinator.lease"),
             ("[server]\nlisten = \"nowhere\"\n", "server.listen"),
-            ("[coordinator]\nclaim_batch = 0\n", "coordinator.claim_batch"),
+            (
+                "[coordinator]\nclaim_batch = 0\n",
+                "coordinator.claim_batch",
+            ),
             ("[database]\npool_size = \"many\"\n", "pool_size"),
             ("[server]\nlistne = \"x\"\n", "listne"),
             ("[redis]\nurl = \"http://x\"\n", "redis.url"),

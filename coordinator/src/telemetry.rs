@@ -7,7 +7,9 @@ use crate::settings::LogSettings;
 
 pub fn init(log: &LogSettings) {
     let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new(&log.level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(true);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(true);
     let result = if log.json {
         builder
             .json()

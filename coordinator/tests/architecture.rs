@@ -33,14 +33,31 @@ fn code_of(path: &Path) -> String {
 #[test]
 fn the_machines_do_no_io_and_never_read_the_clock() {
     let forbidden = [
-        "tokio", "tokio_postgres", "deadpool", "redis", "reqwest", "actix", "std::fs", "std::net",
-        "SystemTime::now", "Instant::now", "std::thread", "async fn", ".await", "crate::store",
-        "crate::driver", "crate::http", "rand::",
+        "tokio",
+        "tokio_postgres",
+        "deadpool",
+        "redis",
+        "reqwest",
+        "actix",
+        "std::fs",
+        "std::net",
+        "SystemTime::now",
+        "Instant::now",
+        "std::thread",
+        "async fn",
+        ".await",
+        "crate::store",
+        "crate::driver",
+        "crate::http",
+        "rand::",
     ];
     let files = rust_files(&src("machine"));
     assert!(files.len() >= 3, "found the machine sources");
     for file in files {
-        if file.file_name().is_some_and(|n| n.to_string_lossy().ends_with("_tests.rs")) {
+        if file
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().ends_with("_tests.rs"))
+        {
             continue;
         }
         let code = code_of(&file);
@@ -57,7 +74,10 @@ fn every_state_write_is_fenced() {
         // Each UPDATE of transactions that writes the state or progress must match the fence.
         for statement in code.split("UPDATE transactions").skip(1) {
             let statement: String = statement.chars().take(600).collect();
-            let end = statement.find("RETURNING").or_else(|| statement.find('"')).unwrap_or(statement.len());
+            let end = statement
+                .find("RETURNING")
+                .or_else(|| statement.find('"'))
+                .unwrap_or(statement.len());
             let statement = &statement[..end];
             let (set, condition) = statement.split_once("WHERE").unwrap_or((statement, ""));
             if set.contains("state =") || set.contains("progress =") {
@@ -74,8 +94,17 @@ fn every_state_write_is_fenced() {
 #[test]
 fn participant_calls_hold_no_database_connection() {
     let code = code_of(&src("driver/call.rs"));
-    for word in ["store", "deadpool", "tokio_postgres", "Pool", "transaction()"] {
-        assert!(!code.contains(word), "driver/call.rs must not touch the database ({word})");
+    for word in [
+        "store",
+        "deadpool",
+        "tokio_postgres",
+        "Pool",
+        "transaction()",
+    ] {
+        assert!(
+            !code.contains(word),
+            "driver/call.rs must not touch the database ({word})"
+        );
     }
     // The store never calls out over HTTP.
     for file in rust_files(&src("store")) {

@@ -82,7 +82,13 @@ pub struct CoordinatorProcess {
 
 impl CoordinatorProcess {
     /// Starts `binary serve` against `db_url` and waits until it answers `/healthz`.
-    pub async fn spawn(binary: &str, db_url: &str, redis_url: &str, redis_prefix: &str, extra_env: &[(&str, &str)]) -> CoordinatorProcess {
+    pub async fn spawn(
+        binary: &str,
+        db_url: &str,
+        redis_url: &str,
+        redis_prefix: &str,
+        extra_env: &[(&str, &str)],
+    ) -> CoordinatorProcess {
         let port = crate::free_port();
         let instance = crate::unique("proc");
         let log = crate::artifacts_dir().join(format!("{instance}.log"));
@@ -123,7 +129,13 @@ impl CoordinatorProcess {
             || {
                 let http = http.clone();
                 let url = format!("{base_url}/healthz");
-                async move { http.get(url).send().await.ok().filter(|r| r.status().is_success()) }
+                async move {
+                    http.get(url)
+                        .send()
+                        .await
+                        .ok()
+                        .filter(|r| r.status().is_success())
+                }
             },
         )
         .await;
@@ -163,7 +175,10 @@ impl CoordinatorProcess {
             } else {
                 return false;
             }
-            assert!(std::time::Instant::now() < deadline, "settle did not exit within {timeout:?}");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "settle did not exit within {timeout:?}"
+            );
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }

@@ -57,7 +57,10 @@ impl Drop for TestDatabase {
         let name = self.name.clone();
         // Dropping runs outside any async context: use a private runtime on a thread.
         let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
                 return;
             };
             rt.block_on(async move {

@@ -31,7 +31,10 @@ pub async fn require_shared() {
         .get_multiplexed_async_connection()
         .await
         .expect("Redis must be running on 127.0.0.1:6379 (see README: tests need it)");
-    let pong: String = redis::cmd("PING").query_async(&mut conn).await.expect("redis PING");
+    let pong: String = redis::cmd("PING")
+        .query_async(&mut conn)
+        .await
+        .expect("redis PING");
     assert_eq!(pong, "PONG");
 }
 
@@ -57,21 +60,37 @@ impl ThrowawayRedis {
     /// Starts (again) on the same port and waits until it answers.
     pub async fn restart(&mut self) {
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server must be installed (see README)");
         self.child = Some(child);
         let url = self.url();
-        crate::eventually("the throwaway redis to answer", Duration::from_secs(10), || {
-            let url = url.clone();
-            async move {
-                let client = redis::Client::open(url).ok()?;
-                let mut conn = client.get_multiplexed_async_connection().await.ok()?;
-                redis::cmd("PING").query_async::<String>(&mut conn).await.ok()
-            }
-        })
+        crate::eventually(
+            "the throwaway redis to answer",
+            Duration::from_secs(10),
+            || {
+                let url = url.clone();
+                async move {
+                    let client = redis::Client::open(url).ok()?;
+                    let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+                    redis::cmd("PING")
+                        .query_async::<String>(&mut conn)
+                        .await
+                        .ok()
+                }
+            },
+        )
         .await;
     }
 

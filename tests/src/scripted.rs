@@ -65,12 +65,21 @@ pub struct ScriptedParticipant {
     handle: actix_web::dev::ServerHandle,
 }
 
-async fn answer(req: HttpRequest, body: web::Bytes, script: web::Data<Arc<Mutex<Script>>>) -> HttpResponse {
+async fn answer(
+    req: HttpRequest,
+    body: web::Bytes,
+    script: web::Data<Arc<Mutex<Script>>>,
+) -> HttpResponse {
     let path = req.path().to_string();
     let Ok(request) = serde_json::from_slice::<CallRequest>(&body) else {
         return HttpResponse::BadRequest().json(json!({ "detail": "not a Settle call" }));
     };
-    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
     let (answer, index) = {
         let mut s = script.lock().unwrap();
         let answer = s
@@ -116,7 +125,11 @@ impl ScriptedParticipant {
         let server = server.run();
         let handle = server.handle();
         tokio::spawn(server);
-        ScriptedParticipant { addr, script, handle }
+        ScriptedParticipant {
+            addr,
+            script,
+            handle,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -126,12 +139,19 @@ impl ScriptedParticipant {
     /// Answers for the next calls to `path`, in order; then the default.
     pub fn push(&self, path: &str, answers: impl IntoIterator<Item = Answer>) {
         let mut s = self.script.lock().unwrap();
-        s.queued.entry(path.to_string()).or_default().extend(answers);
+        s.queued
+            .entry(path.to_string())
+            .or_default()
+            .extend(answers);
     }
 
     /// The answer once the queue for `path` is empty (200 `{}` unless set).
     pub fn set_default(&self, path: &str, answer: Answer) {
-        self.script.lock().unwrap().defaults.insert(path.to_string(), answer);
+        self.script
+            .lock()
+            .unwrap()
+            .defaults
+            .insert(path.to_string(), answer);
     }
 
     pub fn calls(&self) -> Vec<Received> {
@@ -139,7 +159,10 @@ impl ScriptedParticipant {
     }
 
     pub fn calls_to(&self, path: &str) -> Vec<Received> {
-        self.calls().into_iter().filter(|c| c.path == path).collect()
+        self.calls()
+            .into_iter()
+            .filter(|c| c.path == path)
+            .collect()
     }
 
     pub async fn stop(self) {

@@ -41,7 +41,10 @@ pub fn compile(doc: &Document, version: i32) -> Result<SagaSpec, Invalid> {
     if doc.steps.len() > MAX_STEPS {
         return Err(Invalid::new(
             "steps",
-            format!("at most {MAX_STEPS} steps are allowed, got {}", doc.steps.len()),
+            format!(
+                "at most {MAX_STEPS} steps are allowed, got {}",
+                doc.steps.len()
+            ),
         ));
     }
 
@@ -159,12 +162,20 @@ fn endpoint(at: &str, doc: &EndpointDoc, inherited: RetryPolicy) -> Result<Endpo
             format!("must be at most {MAX_URL_LEN} characters"),
         ));
     }
-    let url = reqwest::Url::parse(&doc.url)
-        .map_err(|e| Invalid::new(&url_field, format!("'{}' is not a URL: {e}", truncate(&doc.url, 200))))?;
+    let url = reqwest::Url::parse(&doc.url).map_err(|e| {
+        Invalid::new(
+            &url_field,
+            format!("'{}' is not a URL: {e}", truncate(&doc.url, 200)),
+        )
+    })?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(Invalid::new(
             url_field,
-            format!("'{}' must use http or https, not {}", truncate(&doc.url, 200), url.scheme()),
+            format!(
+                "'{}' must use http or https, not {}",
+                truncate(&doc.url, 200),
+                url.scheme()
+            ),
         ));
     }
     if url.host_str().is_none_or(str::is_empty) {
@@ -193,7 +204,11 @@ fn endpoint(at: &str, doc: &EndpointDoc, inherited: RetryPolicy) -> Result<Endpo
     })
 }
 
-fn merge_retry(at: &str, base: RetryPolicy, doc: Option<&RetryDoc>) -> Result<RetryPolicy, Invalid> {
+fn merge_retry(
+    at: &str,
+    base: RetryPolicy,
+    doc: Option<&RetryDoc>,
+) -> Result<RetryPolicy, Invalid> {
     let Some(doc) = doc else {
         return Ok(base);
     };
@@ -208,11 +223,21 @@ fn merge_retry(at: &str, base: RetryPolicy, doc: Option<&RetryDoc>) -> Result<Re
         policy.max_attempts = n as u32;
     }
     if let Some(t) = &doc.initial_backoff {
-        let d = duration(&format!("{at}.initial_backoff"), t, Duration::from_millis(1), MAX_BACKOFF)?;
+        let d = duration(
+            &format!("{at}.initial_backoff"),
+            t,
+            Duration::from_millis(1),
+            MAX_BACKOFF,
+        )?;
         policy.initial_backoff_ms = d.as_millis() as u64;
     }
     if let Some(t) = &doc.max_backoff {
-        let d = duration(&format!("{at}.max_backoff"), t, Duration::from_millis(1), MAX_BACKOFF)?;
+        let d = duration(
+            &format!("{at}.max_backoff"),
+            t,
+            Duration::from_millis(1),
+            MAX_BACKOFF,
+        )?;
         policy.max_backoff_ms = d.as_millis() as u64;
     }
     if let Some(m) = doc.multiplier {
@@ -240,7 +265,10 @@ fn duration(field: &str, text: &str, min: Duration, max: Duration) -> Result<Dur
     let d = humantime::parse_duration(text.trim()).map_err(|e| {
         Invalid::new(
             field,
-            format!("'{}' is not a duration like 500ms, 2s or 5m: {e}", truncate(text, 60)),
+            format!(
+                "'{}' is not a duration like 500ms, 2s or 5m: {e}",
+                truncate(text, 60)
+            ),
         )
     })?;
     if d < min || d > max {
@@ -296,7 +324,15 @@ steps:
         assert_eq!(spec.timeout_ms, 60_000);
         assert_eq!(spec.steps[0].action.timeout_ms, 2_000);
         assert_eq!(spec.steps[1].action.retry.max_attempts, 3);
-        assert_eq!(spec.steps[1].compensation.as_ref().unwrap().retry.max_attempts, 9);
+        assert_eq!(
+            spec.steps[1]
+                .compensation
+                .as_ref()
+                .unwrap()
+                .retry
+                .max_attempts,
+            9
+        );
         assert_eq!(spec.steps[0].action.retry.initial_backoff_ms, 200);
         assert_eq!(spec.steps[1].depends_on, vec![0]);
         assert_eq!(spec.steps[2].depends_on, vec![1]);
@@ -399,7 +435,9 @@ steps:
     fn too_many_steps_are_refused() {
         let mut yaml = String::from("name: big\nsteps:\n");
         for i in 0..=MAX_STEPS {
-            yaml.push_str(&format!("  - {{ name: s{i}, action: {{ url: 'http://h/{i}' }} }}\n"));
+            yaml.push_str(&format!(
+                "  - {{ name: s{i}, action: {{ url: 'http://h/{i}' }} }}\n"
+            ));
         }
         assert_eq!(check(&yaml).unwrap_err().field, "steps");
     }

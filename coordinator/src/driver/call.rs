@@ -40,16 +40,17 @@ pub async fn post(
     max_response_bytes: usize,
 ) -> Answered {
     let started = Instant::now();
-    let (outcome, status) = match send(http, url, timeout, request, secret, max_response_bytes).await {
-        Ok(answer) => answer,
-        Err(error) => (
-            Outcome::Transient {
-                status: None,
-                error,
-            },
-            None,
-        ),
-    };
+    let (outcome, status) =
+        match send(http, url, timeout, request, secret, max_response_bytes).await {
+            Ok(answer) => answer,
+            Err(error) => (
+                Outcome::Transient {
+                    status: None,
+                    error,
+                },
+                None,
+            ),
+        };
     Answered {
         outcome,
         status,

@@ -85,7 +85,12 @@ pub enum Started {
 
 impl Driver {
     /// Must be called on the runtime that should run the saga tasks.
-    pub fn new(pool: Pool, locks: Arc<Locks>, specs: Arc<Specs>, settings: Settings) -> anyhow::Result<Arc<Driver>> {
+    pub fn new(
+        pool: Pool,
+        locks: Arc<Locks>,
+        specs: Arc<Specs>,
+        settings: Settings,
+    ) -> anyhow::Result<Arc<Driver>> {
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .pool_max_idle_per_host(settings.participants.pool_idle_per_host)
@@ -173,7 +178,8 @@ impl Driver {
         let mut decision = saga.handle(&spec, Event::Start, clock);
         // The insert below is the durable write of this decision.
         decision.durable = false;
-        let progress = serde_json::to_value(&saga).map_err(|e| store::Error::Corrupt(e.to_string()))?;
+        let progress =
+            serde_json::to_value(&saga).map_err(|e| store::Error::Corrupt(e.to_string()))?;
         let sent_ms = self.monotonic_ms();
         let inserted = store::sagas::insert(
             &self.pool,
@@ -226,7 +232,11 @@ impl Driver {
     /// Waits until the saga is settled (terminal or stuck) or `until` passes, and
     /// returns it as stored. Wakes at once for sagas this instance drives, and
     /// polls for sagas another instance drives.
-    pub async fn wait(&self, id: Uuid, until: Instant) -> Result<Option<store::sagas::SagaRow>, store::Error> {
+    pub async fn wait(
+        &self,
+        id: Uuid,
+        until: Instant,
+    ) -> Result<Option<store::sagas::SagaRow>, store::Error> {
         let notify = {
             let mut waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
             waiters.entry(id).or_default().clone()
@@ -237,9 +247,9 @@ impl Driver {
                 tokio::pin!(notified);
                 notified.as_mut().enable();
                 let row = store::sagas::get(&self.pool, id).await?;
-                let settled = row
-                    .as_ref()
-                    .is_none_or(|r| matches!(r.state.as_str(), "completed" | "compensated" | "stuck"));
+                let settled = row.as_ref().is_none_or(|r| {
+                    matches!(r.state.as_str(), "completed" | "compensated" | "stuck")
+                });
                 if settled || Instant::now() >= until {
                     return Ok(row);
                 }
@@ -276,7 +286,10 @@ impl Driver {
     fn adopt(
         self: &Arc<Self>,
         run: run::Run,
-        first: (crate::machine::saga::Decision, Vec<store::sagas::EventRecord>),
+        first: (
+            crate::machine::saga::Decision,
+            Vec<store::sagas::EventRecord>,
+        ),
         lock: Option<Token>,
         sent_ms: u64,
     ) {
@@ -301,7 +314,10 @@ impl Driver {
             let _ = previous.commands.send(Command::OwnershipLost);
         }
         let me = self.clone();
-        self.tasks.spawn_on(async move { me.drive(run, first, rx, lease).await }, &self.runtime);
+        self.tasks.spawn_on(
+            async move { me.drive(run, first, rx, lease).await },
+            &self.runtime,
+        );
     }
 
     /// Forgets a saga this task owned, releasing its Redis lock.
@@ -313,7 +329,10 @@ impl Driver {
                 _ => None,
             }
         };
-        if let Some(Owned { lock: Some(token), .. }) = removed {
+        if let Some(Owned {
+            lock: Some(token), ..
+        }) = removed
+        {
             if let Err(e) = self.locks.release(id, &token).await {
                 tracing::debug!(transaction_id = %id, error = %e, "lock release skipped");
             }
@@ -325,8 +344,14 @@ impl Driver {
     pub async fn shutdown(&self, timeout: Duration) {
         self.shutdown.cancel();
         self.tasks.close();
-        if tokio::time::timeout(timeout, self.tasks.wait()).await.is_err() {
-            tracing::warn!(remaining = self.in_flight(), "shutdown timeout: leaving the rest to lease expiry");
+        if tokio::time::timeout(timeout, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                remaining = self.in_flight(),
+                "shutdown timeout: leaving the rest to lease expiry"
+            );
         }
     }
 }

@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use super::{run::Run, Command, Driver};
 use crate::machine::saga::{Decision, Event, Saga};
-use crate::store::{self, sagas::{EventRecord, SagaRow}};
+use crate::store::{
+    self,
+    sagas::{EventRecord, SagaRow},
+};
 
 impl Driver {
     pub(super) async fn renew_loop(self: Arc<Self>) {
@@ -63,7 +66,9 @@ impl Driver {
         for (id, token) in locks {
             match self.locks.renew(id, &token, self.lease_duration()).await {
                 Ok(true) => {}
-                Ok(false) => tracing::warn!(transaction_id = %id, "redis lock lost; the Postgres fence still guards this transaction"),
+                Ok(false) => {
+                    tracing::warn!(transaction_id = %id, "redis lock lost; the Postgres fence still guards this transaction")
+                }
                 Err(_) => break,
             }
         }
@@ -116,7 +121,10 @@ impl Driver {
                     .ok()
                     .flatten()
                     .unwrap_or(self.lease_duration());
-                tracing::info!(wait_ms = wait.as_millis() as u64, "transaction locked by another instance; backing off");
+                tracing::info!(
+                    wait_ms = wait.as_millis() as u64,
+                    "transaction locked by another instance; backing off"
+                );
                 let _ = store::sagas::release(&self.pool, row.id, row.fence, wait).await;
                 return;
             }
@@ -126,7 +134,8 @@ impl Driver {
             Ok(spec) => spec,
             Err(e) => {
                 tracing::error!(error = %e, "cannot load the saga's definition; retrying later");
-                let _ = store::sagas::release(&self.pool, row.id, row.fence, self.lease_duration()).await;
+                let _ = store::sagas::release(&self.pool, row.id, row.fence, self.lease_duration())
+                    .await;
                 return;
             }
         };
@@ -134,7 +143,9 @@ impl Driver {
             Ok(saga) => saga,
             Err(e) => {
                 tracing::error!(error = %e, "stored saga state is unreadable; leaving it for an operator");
-                let _ = store::sagas::release(&self.pool, row.id, row.fence, Duration::from_secs(3600)).await;
+                let _ =
+                    store::sagas::release(&self.pool, row.id, row.fence, Duration::from_secs(3600))
+                        .await;
                 return;
             }
         };

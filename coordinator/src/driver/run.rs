@@ -154,7 +154,12 @@ impl Driver {
     }
 
     /// Applies an event to the machine and turns its transitions into timeline entries.
-    fn handle(&self, run: &mut Run, event: Event, mut events: Vec<EventRecord>) -> (Decision, Vec<EventRecord>) {
+    fn handle(
+        &self,
+        run: &mut Run,
+        event: Event,
+        mut events: Vec<EventRecord>,
+    ) -> (Decision, Vec<EventRecord>) {
         let decision = run.saga.handle(&run.spec, event, self.clock());
         events.extend(self.transition_records(&decision));
         (decision, events)
@@ -172,7 +177,9 @@ impl Driver {
             };
             match t {
                 Transition::Stuck { reason } => tracing::warn!(reason = %reason, "saga stuck"),
-                Transition::Compensating { reason } => tracing::info!(reason = %reason, "saga compensating"),
+                Transition::Compensating { reason } => {
+                    tracing::info!(reason = %reason, "saga compensating")
+                }
                 _ => {}
             }
             events.push(EventRecord {
@@ -206,7 +213,12 @@ impl Driver {
 
     /// Writes the saga's state (fenced). Retries while the database is away, for as
     /// long as this instance can still believe it owns the saga.
-    async fn persist(&self, run: &Run, events: &[EventRecord], lease: &Lease) -> Result<bool, Exit> {
+    async fn persist(
+        &self,
+        run: &Run,
+        events: &[EventRecord],
+        lease: &Lease,
+    ) -> Result<bool, Exit> {
         let progress = match serde_json::to_value(&run.saga) {
             Ok(p) => p,
             Err(e) => {
@@ -291,7 +303,8 @@ impl Driver {
         let span = tracing::info_span!("call", step = %request.step, phase = phase_str(c.phase), attempt = c.attempt);
         tokio::spawn(tracing::Instrument::instrument(
             async move {
-                let answered = call::post(&http, &url, timeout, &request, secret.as_ref(), max).await;
+                let answered =
+                    call::post(&http, &url, timeout, &request, secret.as_ref(), max).await;
                 tracing::debug!(status = ?answered.status, outcome = outcome_str(&answered.outcome), "participant answered");
                 let _ = replies.send(Reply { call: c, answered });
             },

@@ -35,14 +35,21 @@ pub async fn register(
             return Err(ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",
-                format!("send the definition as application/yaml or application/json, not {essence}"),
+                format!(
+                    "send the definition as application/yaml or application/json, not {essence}"
+                ),
             ));
         }
     }
     let limit = state.settings.server.max_body_bytes;
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| ApiError::bad_request("unreadable_body", format!("the body could not be read: {e}")))?;
+        let chunk = chunk.map_err(|e| {
+            ApiError::bad_request(
+                "unreadable_body",
+                format!("the body could not be read: {e}"),
+            )
+        })?;
         if body.len() + chunk.len() > limit {
             return Err(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -57,22 +64,33 @@ pub async fn register(
     if doc.name != *name {
         return Err(ApiError::unprocessable(
             "invalid_definition",
-            format!("name: the definition is named '{}' but was sent to '{}'", doc.name, name),
+            format!(
+                "name: the definition is named '{}' but was sent to '{}'",
+                doc.name, name
+            ),
         )
         .with_field("name"));
     }
     definition::compile(&doc, 1)?;
     let spec = serde_json::to_value(&doc).map_err(|e| ApiError::internal(&e))?;
     let digest = definition::digest(&doc);
-    let (stored, created) = store::definitions::register(&state.pool, &doc.name, &spec, &digest).await?;
+    let (stored, created) =
+        store::definitions::register(&state.pool, &doc.name, &spec, &digest).await?;
     if created {
         tracing::info!(definition = %stored.name, version = stored.version, "registered saga definition");
     }
-    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     Ok(HttpResponse::build(status)
         .insert_header((
             header::LOCATION,
-            format!("/v1/saga-definitions/{}/versions/{}", stored.name, stored.version),
+            format!(
+                "/v1/saga-definitions/{}/versions/{}",
+                stored.name, stored.version
+            ),
         ))
         .json(views::definition(stored)))
 }
@@ -85,18 +103,32 @@ pub async fn list(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> 
 }
 
 /// `GET /v1/saga-definitions/{name}`: the latest version.
-pub async fn latest(state: web::Data<AppState>, name: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub async fn latest(
+    state: web::Data<AppState>,
+    name: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let stored = store::definitions::latest(&state.pool, &name)
         .await?
-        .ok_or_else(|| ApiError::not_found("definition_not_found", format!("no saga definition named {name}")))?;
+        .ok_or_else(|| {
+            ApiError::not_found(
+                "definition_not_found",
+                format!("no saga definition named {name}"),
+            )
+        })?;
     Ok(json(StatusCode::OK, &views::definition(stored)))
 }
 
 /// `GET /v1/saga-definitions/{name}/versions`: every version, newest first.
-pub async fn versions(state: web::Data<AppState>, name: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub async fn versions(
+    state: web::Data<AppState>,
+    name: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let all = store::definitions::versions(&state.pool, &name).await?;
     if all.is_empty() {
-        return Err(ApiError::not_found("definition_not_found", format!("no saga definition named {name}")));
+        return Err(ApiError::not_found(
+            "definition_not_found",
+            format!("no saga definition named {name}"),
+        ));
     }
     let all: Vec<_> = all.into_iter().map(views::definition).collect();
     Ok(json(StatusCode::OK, &all))

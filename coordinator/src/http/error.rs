@@ -64,8 +64,15 @@ impl ApiError {
 
     pub fn problem(&self) -> Problem {
         Problem {
-            type_: format!("https://settle.dev/problems/{}", self.code.replace('_', "-")),
-            title: self.status.canonical_reason().unwrap_or("Error").to_string(),
+            type_: format!(
+                "https://settle.dev/problems/{}",
+                self.code.replace('_', "-")
+            ),
+            title: self
+                .status
+                .canonical_reason()
+                .unwrap_or("Error")
+                .to_string(),
             status: self.status.as_u16(),
             code: self.code.to_string(),
             detail: self.detail.clone(),

@@ -18,7 +18,10 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let postgres = tokio::time::timeout(timeout, async {
         let client = state.pool.get().await.ok()?;
         let row = client
-            .query_one("SELECT COALESCE(max(version), 0) FROM settle_migrations", &[])
+            .query_one(
+                "SELECT COALESCE(max(version), 0) FROM settle_migrations",
+                &[],
+            )
             .await
             .ok()?;
         Some(row.get::<_, i32>(0))
@@ -48,6 +51,10 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         },
         "in_flight": state.driver.in_flight(),
     });
-    let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     HttpResponse::build(code).json(body)
 }

@@ -43,17 +43,30 @@ pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceCon
                 ApiError::bad_request("invalid_path", format!("invalid path parameter: {e}")).into()
             }))
             .app_data(web::QueryConfig::default().error_handler(|e, _req| {
-                ApiError::bad_request("invalid_query", format!("invalid query parameter: {e}")).into()
+                ApiError::bad_request("invalid_query", format!("invalid query parameter: {e}"))
+                    .into()
             }))
             .route("/healthz", web::get().to(health::healthz))
             .route("/readyz", web::get().to(health::readyz))
             .service(
                 web::scope("/v1")
                     .route("/saga-definitions", web::get().to(definitions::list))
-                    .route("/saga-definitions/{name}", web::put().to(definitions::register))
-                    .route("/saga-definitions/{name}", web::get().to(definitions::latest))
-                    .route("/saga-definitions/{name}/versions", web::get().to(definitions::versions))
-                    .route("/saga-definitions/{name}/versions/{version}", web::get().to(definitions::version))
+                    .route(
+                        "/saga-definitions/{name}",
+                        web::put().to(definitions::register),
+                    )
+                    .route(
+                        "/saga-definitions/{name}",
+                        web::get().to(definitions::latest),
+                    )
+                    .route(
+                        "/saga-definitions/{name}/versions",
+                        web::get().to(definitions::versions),
+                    )
+                    .route(
+                        "/saga-definitions/{name}/versions/{version}",
+                        web::get().to(definitions::version),
+                    )
                     .route("/sagas", web::post().to(sagas::start))
                     .route("/sagas/{id}", web::get().to(sagas::get))
                     .route("/sagas/{id}/cancel", web::post().to(sagas::cancel)),
@@ -86,13 +99,17 @@ fn json_error(e: JsonPayloadError) -> ApiError {
             "unsupported_media_type",
             "send the body as application/json",
         ),
-        JsonPayloadError::Deserialize(e) if e.is_data() => {
-            ApiError::unprocessable("invalid_body", format!("the body does not match the schema: {e}"))
-        }
+        JsonPayloadError::Deserialize(e) if e.is_data() => ApiError::unprocessable(
+            "invalid_body",
+            format!("the body does not match the schema: {e}"),
+        ),
         JsonPayloadError::Deserialize(e) => {
             ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {e}"))
         }
-        other => ApiError::bad_request("unreadable_body", format!("the body could not be read: {other}")),
+        other => ApiError::bad_request(
+            "unreadable_body",
+            format!("the body could not be read: {other}"),
+        ),
     }
 }
 
@@ -111,7 +128,10 @@ pub fn parse_wait(text: Option<&str>, max: Duration) -> Result<Option<Duration>,
     if d > max {
         return Err(ApiError::bad_request(
             "invalid_query",
-            format!("wait: at most {} is allowed", humantime::format_duration(max)),
+            format!(
+                "wait: at most {} is allowed",
+                humantime::format_duration(max)
+            ),
         )
         .with_field("wait"));
     }

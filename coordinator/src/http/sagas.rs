@@ -29,11 +29,17 @@ fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
         .to_str()
         .ok()
         .map(str::trim)
-        .filter(|k| !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY && k.chars().all(|c| c.is_ascii_graphic()))
+        .filter(|k| {
+            !k.is_empty()
+                && k.len() <= MAX_IDEMPOTENCY_KEY
+                && k.chars().all(|c| c.is_ascii_graphic())
+        })
         .ok_or_else(|| {
             ApiError::bad_request(
                 "invalid_idempotency_key",
-                format!("Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters"),
+                format!(
+                    "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters"
+                ),
             )
             .with_field("Idempotency-Key")
         })?;
@@ -50,7 +56,8 @@ async fn respond(
         Some(w) => state.driver.wait(id, Instant::now() + w).await?,
         None => store::sagas::get(&state.pool, id).await?,
     };
-    let row = row.ok_or_else(|| ApiError::not_found("saga_not_found", format!("no saga with id {id}")))?;
+    let row =
+        row.ok_or_else(|| ApiError::not_found("saga_not_found", format!("no saga with id {id}")))?;
     Ok(HttpResponse::build(status)
         .insert_header((header::LOCATION, format!("/v1/sagas/{id}")))
         .json(views::saga(row)?))
@@ -96,8 +103,13 @@ pub async fn cancel(
     let id = *id;
     let current = state.driver.cancel(id, API_ACTOR).await?;
     match current.as_deref() {
-        None => Err(ApiError::not_found("saga_not_found", format!("no saga with id {id}"))),
-        Some("running") | Some("compensating") => respond(&state, id, wait, StatusCode::ACCEPTED).await,
+        None => Err(ApiError::not_found(
+            "saga_not_found",
+            format!("no saga with id {id}"),
+        )),
+        Some("running") | Some("compensating") => {
+            respond(&state, id, wait, StatusCode::ACCEPTED).await
+        }
         Some("compensated") => respond(&state, id, None, StatusCode::OK).await,
         Some("completed") => Err(ApiError::conflict(
             "saga_completed",

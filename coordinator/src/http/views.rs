@@ -29,7 +29,9 @@ pub fn saga(row: SagaRow) -> Result<api::Saga, ApiError> {
                 output: s.output,
                 last_status: s.last_status,
                 last_error: s.last_error,
-                next_attempt_at: s.next_attempt_at.map(|ms| store::rfc3339(store::to_time(ms))),
+                next_attempt_at: s
+                    .next_attempt_at
+                    .map(|ms| store::rfc3339(store::to_time(ms))),
             })
             .collect(),
         created_at: store::rfc3339(row.created_at),

@@ -50,10 +50,7 @@ mod tests {
     fn ceiling_grows_exponentially_up_to_the_cap() {
         let policy = RetryPolicy::default();
         let ceilings: Vec<u64> = (1..=8).map(|n| policy.ceiling_ms(n)).collect();
-        assert_eq!(
-            ceilings,
-            [200, 400, 800, 1600, 3200, 6400, 10_000, 10_000]
-        );
+        assert_eq!(ceilings, [200, 400, 800, 1600, 3200, 6400, 10_000, 10_000]);
     }
 
     #[test]

@@ -260,10 +260,7 @@ impl Saga {
             _ => None,
         };
         for step in &self.steps {
-            let waiting = matches!(
-                step.status,
-                StepStatus::Running | StepStatus::Compensating
-            );
+            let waiting = matches!(step.status, StepStatus::Running | StepStatus::Compensating);
             if !waiting {
                 continue;
             }
@@ -286,7 +283,9 @@ impl Saga {
         let deadline = (self.status == SagaStatus::Running).then_some(self.deadline);
         self.steps
             .iter()
-            .filter(|s| !s.in_flight && matches!(s.status, StepStatus::Running | StepStatus::Compensating))
+            .filter(|s| {
+                !s.in_flight && matches!(s.status, StepStatus::Running | StepStatus::Compensating)
+            })
             .filter_map(|s| s.next_attempt_at)
             .chain(deadline)
             .min()
@@ -439,7 +438,8 @@ impl Saga {
                     self.become_stuck(reason, decision);
                 } else {
                     step.next_attempt_at = Some(
-                        clock.now + policy.delay_ms(step.compensation_failures, clock.jitter) as i64,
+                        clock.now
+                            + policy.delay_ms(step.compensation_failures, clock.jitter) as i64,
                     );
                 }
             }
@@ -459,7 +459,9 @@ impl Saga {
             }
         }
         decision.durable = true;
-        decision.transitions.push(Transition::Compensating { reason });
+        decision
+            .transitions
+            .push(Transition::Compensating { reason });
     }
 
     fn become_stuck(&mut self, reason: String, decision: &mut Decision) {
@@ -481,11 +483,7 @@ impl Saga {
     }
 
     fn advance_forward(&mut self, spec: &SagaSpec, clock: Clock, decision: &mut Decision) {
-        if self
-            .steps
-            .iter()
-            .all(|s| s.status == StepStatus::Succeeded)
-        {
+        if self.steps.iter().all(|s| s.status == StepStatus::Succeeded) {
             self.status = SagaStatus::Completed;
             self.reason = None;
             decision.durable = true;
@@ -500,7 +498,9 @@ impl Saga {
                     .all(|&d| self.steps[d].status == StepStatus::Succeeded),
                 StepStatus::Running => {
                     !self.steps[i].in_flight
-                        && self.steps[i].next_attempt_at.is_none_or(|at| at <= clock.now)
+                        && self.steps[i]
+                            .next_attempt_at
+                            .is_none_or(|at| at <= clock.now)
                 }
                 _ => false,
             };
@@ -528,7 +528,11 @@ impl Saga {
 
     fn advance_compensation(&mut self, spec: &SagaSpec, clock: Clock, decision: &mut Decision) {
         // Reverse order is only known once every action call in flight has answered.
-        if self.steps.iter().any(|s| s.in_flight && s.status == StepStatus::Running) {
+        if self
+            .steps
+            .iter()
+            .any(|s| s.in_flight && s.status == StepStatus::Running)
+        {
             return;
         }
         let next = self

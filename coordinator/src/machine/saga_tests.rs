@@ -126,7 +126,12 @@ fn table_of_saga_scenarios() {
             name: "happy path runs steps in dependency order",
             spec: checkout(),
             script: vec![(Event::Start, 0), (done(0), 1), (done(1), 2), (done(2), 3)],
-            calls: vec![vec![action(0, 1)], vec![action(1, 1)], vec![action(2, 1)], vec![]],
+            calls: vec![
+                vec![action(0, 1)],
+                vec![action(1, 1)],
+                vec![action(2, 1)],
+                vec![],
+            ],
             status: SagaStatus::Completed,
             steps: vec![Succeeded, Succeeded, Succeeded],
         },
@@ -163,7 +168,13 @@ fn table_of_saga_scenarios() {
                 (done(0), 210),
             ],
             // jitter 0.5 of a 100 ms ceiling: due at 60
-            calls: vec![vec![action(0, 1)], vec![], vec![], vec![action(0, 2)], vec![action(1, 1)]],
+            calls: vec![
+                vec![action(0, 1)],
+                vec![],
+                vec![],
+                vec![action(0, 2)],
+                vec![action(1, 1)],
+            ],
             status: SagaStatus::Running,
             steps: vec![Succeeded, Running, Pending],
         },
@@ -253,7 +264,12 @@ fn table_of_saga_scenarios() {
             name: "independent branches start together and join",
             spec: spec_of(&[("a", &[], true), ("b", &[], true), ("join", &[0, 1], false)]),
             script: vec![(Event::Start, 0), (done(1), 1), (done(0), 2), (done(2), 3)],
-            calls: vec![vec![action(0, 1), action(1, 1)], vec![], vec![action(2, 1)], vec![]],
+            calls: vec![
+                vec![action(0, 1), action(1, 1)],
+                vec![],
+                vec![action(2, 1)],
+                vec![],
+            ],
             status: SagaStatus::Completed,
             steps: vec![Succeeded, Succeeded, Succeeded],
         },
@@ -361,10 +377,7 @@ fn table_of_saga_scenarios() {
 #[test]
 fn outputs_and_reasons_are_kept() {
     let spec = checkout();
-    let (_, saga) = run(
-        &spec,
-        &[(Event::Start, 0), (done(0), 1), (refused(1), 2)],
-    );
+    let (_, saga) = run(&spec, &[(Event::Start, 0), (done(0), 1), (refused(1), 2)]);
     assert_eq!(saga.steps[0].output, Some(json!({ "step": 0 })));
     assert_eq!(saga.reason.as_deref(), Some("step charge refused: no"));
     assert_eq!(saga.steps[1].last_status, Some(409));
@@ -500,7 +513,11 @@ fn play(spec: &SagaSpec, moves: &[Move]) -> History {
         calls_after_terminal: 0,
         status_changes_after_terminal: 0,
     };
-    let apply = |saga: &mut Saga, event: Event, now: Millis, outstanding: &mut Vec<Call>, history: &mut History| {
+    let apply = |saga: &mut Saga,
+                 event: Event,
+                 now: Millis,
+                 outstanding: &mut Vec<Call>,
+                 history: &mut History| {
         let before = saga.status;
         let decision = saga.handle(spec, event, Clock { now, jitter: 0.3 });
         // Dependencies as they stand when the calls go out.
@@ -542,12 +559,24 @@ fn play(spec: &SagaSpec, moves: &[Move]) -> History {
                 now += *ms as Millis;
                 apply(&mut saga, Event::Tick, now, &mut outstanding, &mut history);
             }
-            Move::Cancel => apply(&mut saga, Event::Cancel, now, &mut outstanding, &mut history),
+            Move::Cancel => apply(
+                &mut saga,
+                Event::Cancel,
+                now,
+                &mut outstanding,
+                &mut history,
+            ),
             Move::Crash => {
                 outstanding.clear();
                 let stored = serde_json::to_value(&saga).unwrap();
                 saga = serde_json::from_value(stored).unwrap();
-                apply(&mut saga, Event::Resume, now, &mut outstanding, &mut history);
+                apply(
+                    &mut saga,
+                    Event::Resume,
+                    now,
+                    &mut outstanding,
+                    &mut history,
+                );
             }
         }
     }
@@ -570,8 +599,20 @@ fn play(spec: &SagaSpec, moves: &[Move]) -> History {
         }
     }
     for _ in 0..3 {
-        apply(&mut saga, Event::Cancel, now, &mut outstanding, &mut history);
-        apply(&mut saga, Event::Tick, now + 1, &mut outstanding, &mut history);
+        apply(
+            &mut saga,
+            Event::Cancel,
+            now,
+            &mut outstanding,
+            &mut history,
+        );
+        apply(
+            &mut saga,
+            Event::Tick,
+            now + 1,
+            &mut outstanding,
+            &mut history,
+        );
     }
     history.saga = saga;
     history

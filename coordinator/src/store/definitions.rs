@@ -118,7 +118,9 @@ pub async fn versions(pool: &Pool, name: &str) -> Result<Vec<StoredDefinition>> 
     let client = pool.get().await?;
     let rows = client
         .query(
-            &format!("SELECT {COLUMNS} FROM saga_definitions WHERE name = $1 ORDER BY version DESC"),
+            &format!(
+                "SELECT {COLUMNS} FROM saga_definitions WHERE name = $1 ORDER BY version DESC"
+            ),
             &[&name],
         )
         .await?;

@@ -69,9 +69,10 @@ pub async fn create_database_if_missing(url: &str) -> anyhow::Result<()> {
     };
     let mut admin = config.clone();
     admin.dbname("postgres");
-    let (client, connection) = admin.connect(NoTls).await.map_err(|e| {
-        anyhow::anyhow!("connecting to PostgreSQL to create database {name}: {e}")
-    })?;
+    let (client, connection) = admin
+        .connect(NoTls)
+        .await
+        .map_err(|e| anyhow::anyhow!("connecting to PostgreSQL to create database {name}: {e}"))?;
     let conn = tokio::spawn(connection);
     let exists = client
         .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
@@ -79,7 +80,10 @@ pub async fn create_database_if_missing(url: &str) -> anyhow::Result<()> {
         .is_some();
     if !exists {
         let quoted = format!("\"{}\"", name.replace('"', "\"\""));
-        match client.batch_execute(&format!("CREATE DATABASE {quoted}")).await {
+        match client
+            .batch_execute(&format!("CREATE DATABASE {quoted}"))
+            .await
+        {
             Ok(()) => tracing::info!(database = %name, "created database"),
             // Another instance created it a moment ago.
             Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE) => {}

@@ -190,7 +190,8 @@ pub struct SagaRow {
     pub fence: i64,
 }
 
-const SAGA_COLUMNS: &str = "id, definition, version, state, input, progress, reason, cancel_requested, \
+const SAGA_COLUMNS: &str =
+    "id, definition, version, state, input, progress, reason, cancel_requested, \
      deadline, next_attempt_at, created_at, updated_at, fence";
 
 impl SagaRow {
@@ -228,7 +229,12 @@ pub async fn get(pool: &Pool, id: Uuid) -> Result<Option<SagaRow>> {
 
 /// Takes over due work whose owner's lease has expired, using the database clock.
 /// Each claimed row gets a fresh fence, so the previous owner's writes now fail.
-pub async fn claim_due(pool: &Pool, owner: &str, lease: Duration, limit: i64) -> Result<Vec<SagaRow>> {
+pub async fn claim_due(
+    pool: &Pool,
+    owner: &str,
+    lease: Duration,
+    limit: i64,
+) -> Result<Vec<SagaRow>> {
     let client = pool.get().await?;
     let stmt = client
         .prepare_cached(&format!(
@@ -253,7 +259,11 @@ pub async fn claim_due(pool: &Pool, owner: &str, lease: Duration, limit: i64) ->
 
 /// Extends the leases of everything this instance drives in one statement.
 /// Returns the ids still owned, each with its cancel flag; the rest were lost.
-pub async fn renew(pool: &Pool, owned: &[(Uuid, i64)], lease: Duration) -> Result<Vec<(Uuid, bool)>> {
+pub async fn renew(
+    pool: &Pool,
+    owned: &[(Uuid, i64)],
+    lease: Duration,
+) -> Result<Vec<(Uuid, bool)>> {
     if owned.is_empty() {
         return Ok(vec![]);
     }

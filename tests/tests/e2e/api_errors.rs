@@ -30,11 +30,21 @@ async fn malformed_requests_get_problem_json_with_a_stable_code() {
     };
     let cases: Vec<(reqwest::RequestBuilder, u16, &str)> = vec![
         (post("{not json"), 400, "malformed_json"),
-        (post(r#"{"definition":"errs","input":{},"colour":"red"}"#), 422, "invalid_body"),
-        (post(r#"{"input":{}}"#), 422, "invalid_body"),
-        (post(r#"{"definition":"ghost","input":{}}"#), 422, "unknown_definition"),
         (
-            http.post(format!("{base}/v1/sagas")).header("content-type", "text/plain").body("hi"),
+            post(r#"{"definition":"errs","input":{},"colour":"red"}"#),
+            422,
+            "invalid_body",
+        ),
+        (post(r#"{"input":{}}"#), 422, "invalid_body"),
+        (
+            post(r#"{"definition":"ghost","input":{}}"#),
+            422,
+            "unknown_definition",
+        ),
+        (
+            http.post(format!("{base}/v1/sagas"))
+                .header("content-type", "text/plain")
+                .body("hi"),
             415,
             "unsupported_media_type",
         ),
@@ -49,14 +59,28 @@ async fn malformed_requests_get_problem_json_with_a_stable_code() {
             400,
             "invalid_query",
         ),
-        (http.get(format!("{base}/v1/sagas/not-a-uuid")), 400, "invalid_path"),
         (
-            http.get(format!("{base}/v1/sagas/0190b6c2-5a1e-7000-8000-000000000001")),
+            http.get(format!("{base}/v1/sagas/not-a-uuid")),
+            400,
+            "invalid_path",
+        ),
+        (
+            http.get(format!(
+                "{base}/v1/sagas/0190b6c2-5a1e-7000-8000-000000000001"
+            )),
             404,
             "saga_not_found",
         ),
-        (http.get(format!("{base}/v1/nothing-here")), 404, "route_not_found"),
-        (http.get(format!("{base}/v1/saga-definitions/ghost")), 404, "definition_not_found"),
+        (
+            http.get(format!("{base}/v1/nothing-here")),
+            404,
+            "route_not_found",
+        ),
+        (
+            http.get(format!("{base}/v1/saga-definitions/ghost")),
+            404,
+            "definition_not_found",
+        ),
         (
             http.put(format!("{base}/v1/saga-definitions/x"))
                 .header("content-type", "image/png")
@@ -67,7 +91,10 @@ async fn malformed_requests_get_problem_json_with_a_stable_code() {
         (
             http.post(format!("{base}/v1/sagas"))
                 .header("content-type", "application/json")
-                .body(format!(r#"{{"definition":"errs","input":"{}"}}"#, "x".repeat(300 * 1024))),
+                .body(format!(
+                    r#"{{"definition":"errs","input":"{}"}}"#,
+                    "x".repeat(300 * 1024)
+                )),
             413,
             "body_too_large",
         ),
@@ -81,7 +108,11 @@ async fn malformed_requests_get_problem_json_with_a_stable_code() {
     ];
     for (request, status, code) in cases {
         let (got, body) = problem(request.send().await.unwrap()).await;
-        assert_eq!((got, body["code"].as_str().unwrap()), (status, code), "{body}");
+        assert_eq!(
+            (got, body["code"].as_str().unwrap()),
+            (status, code),
+            "{body}"
+        );
         assert!(!body["detail"].as_str().unwrap().is_empty());
         assert_eq!(body["status"], status);
     }
@@ -102,7 +133,12 @@ async fn malformed_requests_get_problem_json_with_a_stable_code() {
 async fn health_and_readiness_report_their_checks() {
     let world = World::start().await;
     let base = &world.coordinator.base_url;
-    let health: Value = reqwest::get(format!("{base}/healthz")).await.unwrap().json().await.unwrap();
+    let health: Value = reqwest::get(format!("{base}/healthz"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(health["status"], "ok");
     let ready = reqwest::get(format!("{base}/readyz")).await.unwrap();
     assert_eq!(ready.status().as_u16(), 200);

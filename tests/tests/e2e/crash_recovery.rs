@@ -78,8 +78,14 @@ async fn start_orders(
 }
 
 /// Every saga ended as its input says, and every effect happened exactly as often as it should.
-async fn check_ledgers(pool: &deadpool_postgres::Pool, db: &TestDatabase, orders: &[(Uuid, bool)], stock_before: i64) {
-    let final_states: std::collections::HashMap<Uuid, String> = states(db).await.into_iter().collect();
+async fn check_ledgers(
+    pool: &deadpool_postgres::Pool,
+    db: &TestDatabase,
+    orders: &[(Uuid, bool)],
+    stock_before: i64,
+) {
+    let final_states: std::collections::HashMap<Uuid, String> =
+        states(db).await.into_iter().collect();
     let mut reserved = 0;
     for (id, declined) in orders {
         let state = &final_states[id];
@@ -119,7 +125,10 @@ async fn check_ledgers(pool: &deadpool_postgres::Pool, db: &TestDatabase, orders
 
 async fn all_settled(db: &TestDatabase, count: usize) -> Option<()> {
     let s = states(db).await;
-    (s.len() == count && s.iter().all(|(_, st)| st == "completed" || st == "compensated")).then_some(())
+    (s.len() == count
+        && s.iter()
+            .all(|(_, st)| st == "completed" || st == "compensated"))
+    .then_some(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -128,41 +137,72 @@ async fn a_killed_coordinator_leaves_nothing_unfinished_and_nothing_doubled() {
     let db = TestDatabase::create().await;
     let pool = db.pool(8);
     settle_examples::setup(&pool).await.unwrap();
-    let participants = settle_examples::start(pool.clone(), "127.0.0.1", [0, 0, 0], None).await.unwrap();
+    let participants = settle_examples::start(pool.clone(), "127.0.0.1", [0, 0, 0], None)
+        .await
+        .unwrap();
     let fraud = ScriptedParticipant::start().await;
-    fraud.set_default("/fraud-check", Answer::ok(json!({ "score": 1 })).after(Duration::from_millis(400)));
+    fraud.set_default(
+        "/fraud-check",
+        Answer::ok(json!({ "score": 1 })).after(Duration::from_millis(400)),
+    );
     let prefix = settle_tests::unique("crash");
     let stock_before = ledger::stock(&pool, "widget").await.unwrap();
 
-    let mut first = CoordinatorProcess::spawn(SETTLE_BIN, &db.url, redis_server::SHARED, &prefix, &[]).await;
+    let mut first =
+        CoordinatorProcess::spawn(SETTLE_BIN, &db.url, redis_server::SHARED, &prefix, &[]).await;
     first
         .client
-        .register_definition("slow-checkout", &slow_checkout(&participants, &fraud), "application/json")
+        .register_definition(
+            "slow-checkout",
+            &slow_checkout(&participants, &fraud),
+            "application/json",
+        )
         .await
         .unwrap();
     let orders = start_orders(&first.client, 0, 30).await;
-    settle_tests::eventually("fraud checks to be under way", Duration::from_secs(20), || async {
-        (fraud.calls_to("/fraud-check").len() >= 10).then_some(())
-    })
+    settle_tests::eventually(
+        "fraud checks to be under way",
+        Duration::from_secs(20),
+        || async { (fraud.calls_to("/fraud-check").len() >= 10).then_some(()) },
+    )
     .await;
     first.kill9();
-    let unfinished = states(&db).await.iter().filter(|(_, s)| s == "running" || s == "compensating").count();
+    let unfinished = states(&db)
+        .await
+        .iter()
+        .filter(|(_, s)| s == "running" || s == "compensating")
+        .count();
     assert!(unfinished > 0, "the kill caught sagas mid-flight");
 
-    let second = CoordinatorProcess::spawn(SETTLE_BIN, &db.url, redis_server::SHARED, &prefix, &[]).await;
-    settle_tests::eventually("every saga to settle after recovery", Duration::from_secs(60), || all_settled(&db, orders.len())).await;
+    let second =
+        CoordinatorProcess::spawn(SETTLE_BIN, &db.url, redis_server::SHARED, &prefix, &[]).await;
+    settle_tests::eventually(
+        "every saga to settle after recovery",
+        Duration::from_secs(60),
+        || all_settled(&db, orders.len()),
+    )
+    .await;
     check_ledgers(&pool, &db, &orders, stock_before).await;
     let recovered: i64 = db
         .client()
         .await
-        .query_one("SELECT count(DISTINCT transaction_id) FROM events WHERE kind = 'recovered'", &[])
+        .query_one(
+            "SELECT count(DISTINCT transaction_id) FROM events WHERE kind = 'recovered'",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
-    assert!(recovered as usize >= unfinished, "the second coordinator recovered what the first left");
+    assert!(
+        recovered as usize >= unfinished,
+        "the second coordinator recovered what the first left"
+    );
     let logs = second.log_text();
     assert!(logs.contains("recovering saga"), "recovery is logged");
-    assert!(logs.contains("transaction_id"), "log lines carry the transaction id");
+    assert!(
+        logs.contains("transaction_id"),
+        "log lines carry the transaction id"
+    );
     drop(second);
     participants.stop().await;
     fraud.stop().await;
@@ -174,16 +214,26 @@ async fn sagas_finish_and_recover_while_redis_is_down_and_readiness_says_degrade
     let db = TestDatabase::create().await;
     let pool = db.pool(8);
     settle_examples::setup(&pool).await.unwrap();
-    let participants = settle_examples::start(pool.clone(), "127.0.0.1", [0, 0, 0], None).await.unwrap();
+    let participants = settle_examples::start(pool.clone(), "127.0.0.1", [0, 0, 0], None)
+        .await
+        .unwrap();
     let fraud = ScriptedParticipant::start().await;
-    fraud.set_default("/fraud-check", Answer::ok(json!({})).after(Duration::from_millis(300)));
+    fraud.set_default(
+        "/fraud-check",
+        Answer::ok(json!({})).after(Duration::from_millis(300)),
+    );
     let mut redis = ThrowawayRedis::start().await;
     let stock_before = ledger::stock(&pool, "widget").await.unwrap();
 
-    let mut first = CoordinatorProcess::spawn(SETTLE_BIN, &db.url, &redis.url(), "settle", &[]).await;
+    let mut first =
+        CoordinatorProcess::spawn(SETTLE_BIN, &db.url, &redis.url(), "settle", &[]).await;
     first
         .client
-        .register_definition("slow-checkout", &slow_checkout(&participants, &fraud), "application/json")
+        .register_definition(
+            "slow-checkout",
+            &slow_checkout(&participants, &fraud),
+            "application/json",
+        )
         .await
         .unwrap();
     let mut orders = start_orders(&first.client, 0, 12).await;
@@ -191,26 +241,47 @@ async fn sagas_finish_and_recover_while_redis_is_down_and_readiness_says_degrade
     // The instance that created the sagas keeps driving them without Redis.
     let more = start_orders(&first.client, 12, 6).await;
     orders.extend(more);
-    settle_tests::eventually("fraud checks under way", Duration::from_secs(20), || async {
-        (fraud.calls_to("/fraud-check").len() >= 6).then_some(())
-    })
+    settle_tests::eventually(
+        "fraud checks under way",
+        Duration::from_secs(20),
+        || async { (fraud.calls_to("/fraud-check").len() >= 6).then_some(()) },
+    )
     .await;
     // Crash it too: recovery must work on Postgres leases alone.
     first.kill9();
     let second = CoordinatorProcess::spawn(SETTLE_BIN, &db.url, &redis.url(), "settle", &[]).await;
-    let ready = reqwest::get(format!("{}/readyz", second.base_url)).await.unwrap();
+    let ready = reqwest::get(format!("{}/readyz", second.base_url))
+        .await
+        .unwrap();
     assert_eq!(ready.status().as_u16(), 200, "degraded is still ready");
     let body: Value = ready.json().await.unwrap();
     assert_eq!(body["status"], "degraded");
-    assert!(body["checks"]["redis"].as_str().unwrap().starts_with("unreachable"));
-    settle_tests::eventually("every saga to settle without redis", Duration::from_secs(60), || all_settled(&db, orders.len())).await;
+    assert!(body["checks"]["redis"]
+        .as_str()
+        .unwrap()
+        .starts_with("unreachable"));
+    settle_tests::eventually(
+        "every saga to settle without redis",
+        Duration::from_secs(60),
+        || all_settled(&db, orders.len()),
+    )
+    .await;
     check_ledgers(&pool, &db, &orders, stock_before).await;
 
     redis.restart().await;
-    settle_tests::eventually("readiness to recover with redis", Duration::from_secs(20), || async {
-        let body: Value = reqwest::get(format!("{}/readyz", second.base_url)).await.ok()?.json().await.ok()?;
-        (body["status"] == "ready").then_some(())
-    })
+    settle_tests::eventually(
+        "readiness to recover with redis",
+        Duration::from_secs(20),
+        || async {
+            let body: Value = reqwest::get(format!("{}/readyz", second.base_url))
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            (body["status"] == "ready").then_some(())
+        },
+    )
     .await;
     drop(second);
     participants.stop().await;

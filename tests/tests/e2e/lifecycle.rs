@@ -17,9 +17,13 @@ async fn sigterm_finishes_calls_in_flight_and_hands_the_sagas_over() {
     redis_server::require_shared().await;
     let db = TestDatabase::create().await;
     let participant = ScriptedParticipant::start().await;
-    participant.set_default("/slow", Answer::ok(json!({ "done": true })).after(Duration::from_millis(800)));
+    participant.set_default(
+        "/slow",
+        Answer::ok(json!({ "done": true })).after(Duration::from_millis(800)),
+    );
     let prefix = settle_tests::unique("term");
-    let mut first = CoordinatorProcess::spawn(SETTLE_BIN, &db.url, redis_server::SHARED, &prefix, &[]).await;
+    let mut first =
+        CoordinatorProcess::spawn(SETTLE_BIN, &db.url, redis_server::SHARED, &prefix, &[]).await;
     let definition = json!({
         "name": "graceful",
         "steps": [
@@ -35,15 +39,26 @@ async fn sigterm_finishes_calls_in_flight_and_hands_the_sagas_over() {
         .unwrap();
     let ids: Vec<_> = join_all((0..5).map(|i| {
         let client = first.client.clone();
-        async move { client.start_saga("graceful", json!({ "i": i }), None, None).await.unwrap().id }
+        async move {
+            client
+                .start_saga("graceful", json!({ "i": i }), None, None)
+                .await
+                .unwrap()
+                .id
+        }
     }))
     .await;
-    settle_tests::eventually("the slow calls to be in flight", Duration::from_secs(20), || async {
-        (participant.calls_to("/slow").len() == 5).then_some(())
-    })
+    settle_tests::eventually(
+        "the slow calls to be in flight",
+        Duration::from_secs(20),
+        || async { (participant.calls_to("/slow").len() == 5).then_some(()) },
+    )
     .await;
     first.signal("TERM");
-    assert!(first.wait_exit(Duration::from_secs(30)).await, "settle exits cleanly on SIGTERM");
+    assert!(
+        first.wait_exit(Duration::from_secs(30)).await,
+        "settle exits cleanly on SIGTERM"
+    );
     let log = first.log_text();
     assert!(log.contains("released at shutdown"), "{log}");
 
@@ -59,15 +74,27 @@ async fn sigterm_finishes_calls_in_flight_and_hands_the_sagas_over() {
         if state == "running" {
             assert_eq!(owner, None, "handed back, not left to lease expiry");
         }
-        assert_eq!(progress["steps"][1]["status"], "succeeded", "the call in flight finished and was recorded");
+        assert_eq!(
+            progress["steps"][1]["status"], "succeeded",
+            "the call in flight finished and was recorded"
+        );
     }
 
-    let second = CoordinatorProcess::spawn(SETTLE_BIN, &db.url, redis_server::SHARED, &prefix, &[]).await;
+    let second =
+        CoordinatorProcess::spawn(SETTLE_BIN, &db.url, redis_server::SHARED, &prefix, &[]).await;
     for id in &ids {
-        let saga = second.client.wait_saga(*id, Duration::from_secs(20)).await.unwrap();
+        let saga = second
+            .client
+            .wait_saga(*id, Duration::from_secs(20))
+            .await
+            .unwrap();
         assert_eq!(saga.state, "completed");
     }
-    assert_eq!(participant.calls_to("/slow").len(), 5, "no call in flight was repeated");
+    assert_eq!(
+        participant.calls_to("/slow").len(),
+        5,
+        "no call in flight was repeated"
+    );
     drop(second);
     participant.stop().await;
     redis_server::clean_prefix(&prefix).await;

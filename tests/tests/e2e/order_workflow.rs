@@ -15,11 +15,17 @@ async fn an_order_completes_and_a_declined_one_is_compensated() {
     let db = TestDatabase::create().await;
     let pool = db.pool(8);
     settle_examples::setup(&pool).await.unwrap();
-    let participants = settle_examples::start(pool.clone(), "127.0.0.1", [0, 0, 0], None).await.unwrap();
+    let participants = settle_examples::start(pool.clone(), "127.0.0.1", [0, 0, 0], None)
+        .await
+        .unwrap();
     let coordinator = TestCoordinator::start(test_settings(&db.url, redis_server::SHARED)).await;
     let client = &coordinator.client;
     client
-        .register_definition("order-checkout", &participants.order_checkout_definition(), "application/json")
+        .register_definition(
+            "order-checkout",
+            &participants.order_checkout_definition(),
+            "application/json",
+        )
         .await
         .unwrap();
     let stock_before = ledger::stock(&pool, "widget").await.unwrap();
@@ -34,11 +40,27 @@ async fn an_order_completes_and_a_declined_one_is_compensated() {
         .await
         .unwrap();
     assert_eq!(good.state, "completed", "{good:?}");
-    let shipment = ledger::shipments(&pool, good.id).await.unwrap().expect("shipment booked");
-    assert_eq!(shipment.reservation_id, good.id.to_string(), "the reservation id flowed from inventory");
+    let shipment = ledger::shipments(&pool, good.id)
+        .await
+        .unwrap()
+        .expect("shipment booked");
+    assert_eq!(
+        shipment.reservation_id,
+        good.id.to_string(),
+        "the reservation id flowed from inventory"
+    );
     assert!(!shipment.cancelled);
-    assert!(!ledger::charges(&pool, good.id).await.unwrap().unwrap().refunded);
-    assert_eq!(ledger::stock(&pool, "widget").await.unwrap(), stock_before - 2);
+    assert!(
+        !ledger::charges(&pool, good.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .refunded
+    );
+    assert_eq!(
+        ledger::stock(&pool, "widget").await.unwrap(),
+        stock_before - 2
+    );
 
     let declined = client
         .start_saga(
@@ -52,12 +74,25 @@ async fn an_order_completes_and_a_declined_one_is_compensated() {
     assert_eq!(declined.state, "compensated", "{declined:?}");
     assert_eq!(declined.step("charge-payment").unwrap().state, "failed");
     assert_eq!(declined.step("ship-order").unwrap().state, "skipped");
-    let reservation = ledger::reservations(&pool, declined.id).await.unwrap().expect("reserved, then released");
+    let reservation = ledger::reservations(&pool, declined.id)
+        .await
+        .unwrap()
+        .expect("reserved, then released");
     assert!(reservation.released);
     assert_eq!(reservation.releases, 1);
-    assert!(ledger::charges(&pool, declined.id).await.unwrap().is_none(), "nothing was charged");
-    assert!(ledger::shipments(&pool, declined.id).await.unwrap().is_none());
-    assert_eq!(ledger::stock(&pool, "widget").await.unwrap(), stock_before - 2, "stock came back");
+    assert!(
+        ledger::charges(&pool, declined.id).await.unwrap().is_none(),
+        "nothing was charged"
+    );
+    assert!(ledger::shipments(&pool, declined.id)
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(
+        ledger::stock(&pool, "widget").await.unwrap(),
+        stock_before - 2,
+        "stock came back"
+    );
 
     coordinator.stop().await;
     participants.stop().await;

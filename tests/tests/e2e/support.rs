@@ -20,7 +20,8 @@ impl World {
     pub async fn start() -> World {
         redis_server::require_shared().await;
         let db = TestDatabase::create().await;
-        let coordinator = TestCoordinator::start(test_settings(&db.url, redis_server::SHARED)).await;
+        let coordinator =
+            TestCoordinator::start(test_settings(&db.url, redis_server::SHARED)).await;
         let participant = ScriptedParticipant::start().await;
         World {
             db,
@@ -50,13 +51,21 @@ pub const WAIT: Duration = Duration::from_secs(20);
 
 /// A saga of steps on the scripted participant: `(name, depends_on, with compensation)`;
 /// paths are `/{name}` and `/{name}/undo`.
-pub fn saga_yaml(world: &World, name: &str, extra: &str, steps: &[(&str, Option<&[&str]>, bool)]) -> String {
+pub fn saga_yaml(
+    world: &World,
+    name: &str,
+    extra: &str,
+    steps: &[(&str, Option<&[&str]>, bool)],
+) -> String {
     let mut yaml = format!(
         "name: {name}\n{extra}retry: {{ max_attempts: 3, initial_backoff: 10ms, max_backoff: 50ms }}\nsteps:\n"
     );
     for (step, deps, comp) in steps {
         yaml.push_str(&format!("  - name: {step}\n"));
-        yaml.push_str(&format!("    action: {{ url: \"{}\", timeout: 2s }}\n", world.participant.url(&format!("/{step}"))));
+        yaml.push_str(&format!(
+            "    action: {{ url: \"{}\", timeout: 2s }}\n",
+            world.participant.url(&format!("/{step}"))
+        ));
         if *comp {
             yaml.push_str(&format!(
                 "    compensation: {{ url: \"{}\" }}\n",
