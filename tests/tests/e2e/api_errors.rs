@@ -116,14 +116,7 @@ async fn malformed_requests_get_problem_json_with_a_stable_code() {
         assert!(!body["detail"].as_str().unwrap().is_empty());
         assert_eq!(body["status"], status);
     }
-    let count: i64 = world
-        .db
-        .client()
-        .await
-        .query_one("SELECT count(*) FROM transactions", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let count: i64 = crate::support::count(&world.db, "SELECT count(*) FROM transactions").await;
     assert_eq!(count, 0, "no rejected request wrote anything");
     assert!(world.participant.calls().is_empty());
     world.stop().await;

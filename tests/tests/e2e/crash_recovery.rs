@@ -13,7 +13,7 @@ use settle_tests::redis_server::{self, ThrowawayRedis};
 use settle_tests::scripted::{Answer, ScriptedParticipant};
 use uuid::Uuid;
 
-use crate::support::SETTLE_BIN;
+use crate::support::{Shop, SETTLE_BIN};
 
 /// Order checkout with a slow fraud check in the middle, so that sagas are
 /// caught between steps when the coordinator dies.
@@ -131,22 +131,27 @@ async fn all_settled(db: &TestDatabase, count: usize) -> Option<()> {
     .then_some(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_coordinator_leaves_nothing_unfinished_and_nothing_doubled() {
-    redis_server::require_shared().await;
-    let db = TestDatabase::create().await;
-    let pool = db.pool(8);
-    settle_examples::setup(&pool).await.unwrap();
-    let participants = settle_examples::start(pool.clone(), "127.0.0.1", [0, 0, 0], None)
-        .await
-        .unwrap();
+async fn shop_with_fraud_check(delay: Duration) -> (Shop, ScriptedParticipant) {
+    let shop = Shop::open().await;
     let fraud = ScriptedParticipant::start().await;
     fraud.set_default(
         "/fraud-check",
-        Answer::ok(json!({ "score": 1 })).after(Duration::from_millis(400)),
+        Answer::ok(json!({ "score": 1 })).after(delay),
     );
+    (shop, fraud)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_coordinator_leaves_nothing_unfinished_and_nothing_doubled() {
+    redis_server::require_shared().await;
+    let (shop, fraud) = shop_with_fraud_check(Duration::from_millis(400)).await;
+    let Shop {
+        db,
+        pool,
+        participants,
+        stock_before,
+    } = &shop;
     let prefix = settle_tests::unique("crash");
-    let stock_before = ledger::stock(&pool, "widget").await.unwrap();
 
     let mut first =
         CoordinatorProcess::spawn(SETTLE_BIN, &db.url, redis_server::SHARED, &prefix, &[]).await;
@@ -154,7 +159,7 @@ async fn a_killed_coordinator_leaves_nothing_unfinished_and_nothing_doubled() {
         .client
         .register_definition(
             "slow-checkout",
-            &slow_checkout(&participants, &fraud),
+            &slow_checkout(participants, &fraud),
             "application/json",
         )
         .await
@@ -167,7 +172,7 @@ async fn a_killed_coordinator_leaves_nothing_unfinished_and_nothing_doubled() {
     )
     .await;
     first.kill9();
-    let unfinished = states(&db)
+    let unfinished = states(db)
         .await
         .iter()
         .filter(|(_, s)| s == "running" || s == "compensating")
@@ -179,10 +184,10 @@ async fn a_killed_coordinator_leaves_nothing_unfinished_and_nothing_doubled() {
     settle_tests::eventually(
         "every saga to settle after recovery",
         Duration::from_secs(60),
-        || all_settled(&db, orders.len()),
+        || all_settled(db, orders.len()),
     )
     .await;
-    check_ledgers(&pool, &db, &orders, stock_before).await;
+    check_ledgers(pool, db, &orders, *stock_before).await;
     let recovered: i64 = db
         .client()
         .await
@@ -204,26 +209,21 @@ async fn a_killed_coordinator_leaves_nothing_unfinished_and_nothing_doubled() {
         "log lines carry the transaction id"
     );
     drop(second);
-    participants.stop().await;
     fraud.stop().await;
+    shop.close().await;
     redis_server::clean_prefix(&prefix).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sagas_finish_and_recover_while_redis_is_down_and_readiness_says_degraded() {
-    let db = TestDatabase::create().await;
-    let pool = db.pool(8);
-    settle_examples::setup(&pool).await.unwrap();
-    let participants = settle_examples::start(pool.clone(), "127.0.0.1", [0, 0, 0], None)
-        .await
-        .unwrap();
-    let fraud = ScriptedParticipant::start().await;
-    fraud.set_default(
-        "/fraud-check",
-        Answer::ok(json!({})).after(Duration::from_millis(300)),
-    );
+    let (shop, fraud) = shop_with_fraud_check(Duration::from_millis(300)).await;
+    let Shop {
+        db,
+        pool,
+        participants,
+        stock_before,
+    } = &shop;
     let mut redis = ThrowawayRedis::start().await;
-    let stock_before = ledger::stock(&pool, "widget").await.unwrap();
 
     let mut first =
         CoordinatorProcess::spawn(SETTLE_BIN, &db.url, &redis.url(), "settle", &[]).await;
@@ -231,7 +231,7 @@ async fn sagas_finish_and_recover_while_redis_is_down_and_readiness_says_degrade
         .client
         .register_definition(
             "slow-checkout",
-            &slow_checkout(&participants, &fraud),
+            &slow_checkout(participants, &fraud),
             "application/json",
         )
         .await
@@ -263,10 +263,10 @@ async fn sagas_finish_and_recover_while_redis_is_down_and_readiness_says_degrade
     settle_tests::eventually(
         "every saga to settle without redis",
         Duration::from_secs(60),
-        || all_settled(&db, orders.len()),
+        || all_settled(db, orders.len()),
     )
     .await;
-    check_ledgers(&pool, &db, &orders, stock_before).await;
+    check_ledgers(pool, db, &orders, *stock_before).await;
 
     redis.restart().await;
     settle_tests::eventually(
@@ -284,6 +284,6 @@ async fn sagas_finish_and_recover_while_redis_is_down_and_readiness_says_degrade
     )
     .await;
     drop(second);
-    participants.stop().await;
     fraud.stop().await;
+    shop.close().await;
 }

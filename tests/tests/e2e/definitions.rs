@@ -129,14 +129,8 @@ async fn invalid_definitions_get_a_422_naming_the_field_and_nothing_is_stored() 
             other => panic!("{yaml}: expected a problem, got {other}"),
         }
     }
-    let stored: i64 = world
-        .db
-        .client()
-        .await
-        .query_one("SELECT count(*) FROM saga_definitions", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let stored: i64 =
+        crate::support::count(&world.db, "SELECT count(*) FROM saga_definitions").await;
     assert_eq!(stored, 0);
     world.stop().await;
 }

@@ -4,20 +4,21 @@
 use serde_json::json;
 use settle_examples::ledger;
 use settle_tests::coordinator::{test_settings, TestCoordinator};
-use settle_tests::db::TestDatabase;
 use settle_tests::redis_server;
 
-use crate::support::WAIT;
+use crate::support::{Shop, WAIT};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_order_completes_and_a_declined_one_is_compensated() {
     redis_server::require_shared().await;
-    let db = TestDatabase::create().await;
-    let pool = db.pool(8);
-    settle_examples::setup(&pool).await.unwrap();
-    let participants = settle_examples::start(pool.clone(), "127.0.0.1", [0, 0, 0], None)
-        .await
-        .unwrap();
+    let shop = Shop::open().await;
+    let Shop {
+        db,
+        pool,
+        participants,
+        stock_before,
+    } = &shop;
+    let pool = pool.clone();
     let coordinator = TestCoordinator::start(test_settings(&db.url, redis_server::SHARED)).await;
     let client = &coordinator.client;
     client
@@ -28,7 +29,7 @@ async fn an_order_completes_and_a_declined_one_is_compensated() {
         )
         .await
         .unwrap();
-    let stock_before = ledger::stock(&pool, "widget").await.unwrap();
+    let stock_before = *stock_before;
 
     let good = client
         .start_saga(
@@ -95,5 +96,5 @@ async fn an_order_completes_and_a_declined_one_is_compensated() {
     );
 
     coordinator.stop().await;
-    participants.stop().await;
+    shop.close().await;
 }

@@ -320,14 +320,7 @@ async fn the_same_idempotency_key_returns_the_same_saga_and_a_different_body_is_
         1,
         "the step ran once"
     );
-    let count: i64 = world
-        .db
-        .client()
-        .await
-        .query_one("SELECT count(*) FROM transactions", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let count: i64 = crate::support::count(&world.db, "SELECT count(*) FROM transactions").await;
     assert_eq!(count, 1);
     world.stop().await;
 }

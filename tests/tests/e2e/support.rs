@@ -78,3 +78,41 @@ pub fn saga_yaml(
     }
     yaml
 }
+
+/// The example shop on a fresh database: inventory, payments and shipping
+/// participants with their ledgers, plus the stock level before the test.
+pub struct Shop {
+    pub db: TestDatabase,
+    pub pool: deadpool_postgres::Pool,
+    pub participants: settle_examples::Participants,
+    pub stock_before: i64,
+}
+
+impl Shop {
+    pub async fn open() -> Shop {
+        let db = TestDatabase::create().await;
+        let pool = db.pool(8);
+        settle_examples::setup(&pool).await.unwrap();
+        let participants = settle_examples::start(pool.clone(), "127.0.0.1", [0, 0, 0], None)
+            .await
+            .unwrap();
+        let stock_before = settle_examples::ledger::stock(&pool, "widget")
+            .await
+            .unwrap();
+        Shop {
+            db,
+            pool,
+            participants,
+            stock_before,
+        }
+    }
+
+    pub async fn close(self) {
+        self.participants.stop().await;
+    }
+}
+
+/// One number from the database, for assertions.
+pub async fn count(db: &TestDatabase, sql: &str) -> i64 {
+    db.client().await.query_one(sql, &[]).await.unwrap().get(0)
+}
