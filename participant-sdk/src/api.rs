@@ -111,3 +111,84 @@ pub struct Problem {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
 }
+
+/// Body of `POST /v1/transactions`. With `participants` it is a one-shot 2PC
+/// transaction, prepared at once; without, an interactive (TCC) transaction that
+/// collects branches until the client commits or aborts it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewTransaction {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub participants: Option<Vec<NewBranch>>,
+    /// How long until an undecided transaction aborts, e.g. `30s` (default 30s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+}
+
+/// A branch: a one-shot participant, or a TCC branch registered with
+/// `POST /v1/transactions/{id}/branches`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewBranch {
+    pub name: String,
+    /// Required for one-shot participants; optional for TCC branches (whose Try
+    /// already happened), which are then only confirmed or cancelled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prepare_url: Option<String>,
+    pub commit_url: String,
+    pub abort_url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<Value>,
+}
+
+/// A 2PC / TCC transaction as `GET /v1/transactions/{id}` returns it. An in-doubt
+/// participant reads `decision`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Transaction {
+    pub id: Uuid,
+    /// `one_shot` or `interactive`.
+    pub mode: String,
+    /// `active`, `preparing`, `committing`, `committed`, `aborting`, `aborted` or `stuck`.
+    pub state: String,
+    /// `commit` or `abort` once decided; absent before (presumed abort).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub branches: Vec<TransactionBranch>,
+    pub created_at: String,
+    pub updated_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<String>,
+}
+
+impl Transaction {
+    /// True once every branch has acknowledged the decision.
+    pub fn is_terminal(&self) -> bool {
+        matches!(self.state.as_str(), "committed" | "aborted")
+    }
+
+    pub fn branch(&self, name: &str) -> Option<&TransactionBranch> {
+        self.branches.iter().find(|b| b.name == name)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TransactionBranch {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prepare_url: Option<String>,
+    pub commit_url: String,
+    pub abort_url: String,
+    /// `registered`, `preparing`, `prepared`, `refused`, `committing`, `committed`,
+    /// `aborting` or `aborted`.
+    pub state: String,
+    pub prepare_attempts: u32,
+    pub phase_two_attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_status: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<String>,
+}

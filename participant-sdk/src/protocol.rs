@@ -110,3 +110,78 @@ pub fn classify_status(status: u16) -> StatusMeaning {
         _ => StatusMeaning::Transient,
     }
 }
+
+/// Which call of two-phase commit (or TCC) the coordinator is making to a branch.
+/// TCC names them Try (the service does it itself, or `prepare`), Confirm (`commit`)
+/// and Cancel (`abort`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BranchPhase {
+    Prepare,
+    Commit,
+    Abort,
+}
+
+impl BranchPhase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BranchPhase::Prepare => "prepare",
+            BranchPhase::Commit => "commit",
+            BranchPhase::Abort => "abort",
+        }
+    }
+}
+
+impl std::fmt::Display for BranchPhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The JSON body of every 2PC / TCC call the coordinator makes to a branch.
+///
+/// ```
+/// use settle_participant::protocol::{BranchCall, BranchPhase};
+/// let body = r#"{"transaction_id":"0190b6c2-5a1e-7000-8000-000000000001","branch":"debit",
+///   "phase":"prepare","attempt":1,"payload":{"account":"alice","delta":-10}}"#;
+/// let call: BranchCall = serde_json::from_str(body).unwrap();
+/// assert_eq!(call.phase, BranchPhase::Prepare);
+/// assert_eq!(call.idempotency_key(), "0190b6c2-5a1e-7000-8000-000000000001:debit:prepare");
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BranchCall {
+    pub transaction_id: Uuid,
+    /// The branch's name, unique within its transaction.
+    pub branch: String,
+    pub phase: BranchPhase,
+    /// 1 for the first call, counting up on every retry of the same call.
+    pub attempt: u32,
+    /// What the branch was registered with (one-shot participants' `payload`).
+    #[serde(default)]
+    pub payload: Value,
+}
+
+impl BranchCall {
+    /// `{transaction_id}:{branch}:{phase}`, the same for every retry.
+    pub fn idempotency_key(&self) -> String {
+        format!("{}:{}:{}", self.transaction_id, self.branch, self.phase)
+    }
+}
+
+/// How the coordinator reads the answer to a `commit` or `abort` call: 2xx, and
+/// 404/410 ("already done, nothing here"), acknowledge it; 202/425 mean ask again;
+/// anything else (a refusal included: the decision cannot change) is retried.
+///
+/// ```
+/// use settle_participant::protocol::{classify_phase_two, StatusMeaning};
+/// assert_eq!(classify_phase_two(204), StatusMeaning::Done);
+/// assert_eq!(classify_phase_two(410), StatusMeaning::Done);
+/// assert_eq!(classify_phase_two(409), StatusMeaning::Transient);
+/// ```
+pub fn classify_phase_two(status: u16) -> StatusMeaning {
+    match status {
+        202 | 425 => StatusMeaning::InProgress,
+        200..=299 | 404 | 410 => StatusMeaning::Done,
+        _ => StatusMeaning::Transient,
+    }
+}
