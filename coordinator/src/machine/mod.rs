@@ -5,6 +5,7 @@
 pub mod retry;
 pub mod saga;
 pub mod spec;
+pub mod twopc;
 
 /// Milliseconds since the Unix epoch. Time always comes in as an argument.
 pub type Millis = i64;
@@ -21,4 +22,18 @@ impl Clock {
     pub fn at(now: Millis) -> Self {
         Clock { now, jitter: 0.5 }
     }
+}
+
+/// What a participant call came back with, already classified by the status-code
+/// contract of its phase.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Done (2xx, or "already done" for phase two); the body (or null) is the output.
+    Done(serde_json::Value),
+    /// A business "no" (409/422 for actions and prepares). Never retried.
+    Refused { status: u16, message: String },
+    /// 202/425: still working; ask again later without using up an attempt.
+    InProgress { status: u16 },
+    /// Any other status, a timeout, a refused connection.
+    Transient { status: Option<u16>, error: String },
 }

@@ -1,7 +1,9 @@
 //! Retry policy and backoff: exponential, capped, with full jitter.
 
+use serde::{Deserialize, Serialize};
+
 /// How often and how patiently a call is retried.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct RetryPolicy {
     /// Calls allowed before the call counts as failed (including the first).
     pub max_attempts: u32,

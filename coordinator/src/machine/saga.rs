@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::spec::{Endpoint, SagaSpec};
+pub use super::Outcome;
 use super::{Clock, Millis};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -76,19 +77,6 @@ impl StepStatus {
 pub enum Phase {
     Action,
     Compensation,
-}
-
-/// What a participant call came back with, already classified by the status-code contract.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Outcome {
-    /// 2xx; the body (or null) is the step output.
-    Done(Value),
-    /// 409/422: a business "no". Never retried.
-    Refused { status: u16, message: String },
-    /// 202/425: still working; ask again later without using up an attempt.
-    InProgress { status: u16 },
-    /// Any other status, a timeout, a refused connection.
-    Transient { status: Option<u16>, error: String },
 }
 
 #[derive(Debug, Clone, PartialEq)]
