@@ -34,6 +34,14 @@ pub struct Settings {
     pub coordinator: CoordinatorSettings,
     pub participants: ParticipantSettings,
     pub log: LogSettings,
+    pub testing: TestingSettings,
+}
+
+/// Fault-injection points for the crash tests; never set in production.
+#[derive(Debug, Clone, Default)]
+pub struct TestingSettings {
+    /// `commit-decided`: stop dead right after a durable 2PC commit decision.
+    pub pause_at: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -104,6 +112,13 @@ struct Raw {
     coordinator: RawCoordinator,
     participants: RawParticipants,
     log: RawLog,
+    testing: RawTesting,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawTesting {
+    pause_at: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -345,6 +360,17 @@ impl Raw {
             log: LogSettings {
                 json: self.log.json,
                 level,
+            },
+            testing: TestingSettings {
+                pause_at: match self.testing.pause_at.as_str() {
+                    "" => None,
+                    "commit-decided" => Some("commit-decided".into()),
+                    other => {
+                        return Err(Error(format!(
+                            "testing.pause_at: '{other}' is not a fault-injection point (commit-decided)"
+                        )))
+                    }
+                },
             },
         })
     }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use serde_json::{json, Value};
-use settle_participant::protocol::CallRequest;
+use settle_participant::protocol::{BranchCall, CallRequest};
 
 /// One scripted answer.
 #[derive(Debug, Clone)]
@@ -44,12 +44,25 @@ impl Answer {
 #[derive(Debug, Clone)]
 pub struct Received {
     pub path: String,
-    pub request: CallRequest,
+    /// The JSON body as sent.
+    pub body: Value,
     pub idempotency_key: Option<String>,
     pub traceparent: Option<String>,
     pub signature: Option<String>,
     pub started: Instant,
     pub finished: Option<Instant>,
+}
+
+impl Received {
+    /// The body as a saga step call (panics if it is not one: a test failure).
+    pub fn saga_call(&self) -> CallRequest {
+        serde_json::from_value(self.body.clone()).expect("a saga step call")
+    }
+
+    /// The body as a 2PC / TCC branch call.
+    pub fn branch_call(&self) -> BranchCall {
+        serde_json::from_value(self.body.clone()).expect("a branch call")
+    }
 }
 
 #[derive(Default)]
@@ -71,8 +84,8 @@ async fn answer(
     script: web::Data<Arc<Mutex<Script>>>,
 ) -> HttpResponse {
     let path = req.path().to_string();
-    let Ok(request) = serde_json::from_slice::<CallRequest>(&body) else {
-        return HttpResponse::BadRequest().json(json!({ "detail": "not a Settle call" }));
+    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
+        return HttpResponse::BadRequest().json(json!({ "detail": "not a JSON body" }));
     };
     let header = |name: &str| {
         req.headers()
@@ -90,7 +103,7 @@ async fn answer(
             .unwrap_or_else(|| Answer::ok(json!({})));
         s.calls.push(Received {
             path: path.clone(),
-            request,
+            body,
             idempotency_key: header("Idempotency-Key"),
             traceparent: header("traceparent"),
             signature: header("Settle-Signature"),

@@ -30,7 +30,7 @@ pub fn compile(doc: &Document, version: i32) -> Result<SagaSpec, Invalid> {
         }
     }
     let timeout = match &doc.timeout {
-        Some(t) => duration("timeout", t, Duration::from_millis(100), MAX_SAGA_TIMEOUT)?,
+        Some(t) => check_duration("timeout", t, Duration::from_millis(100), MAX_SAGA_TIMEOUT)?,
         None => DEFAULT_SAGA_TIMEOUT,
     };
     let saga_retry = merge_retry("retry", RetryPolicy::default(), doc.retry.as_ref())?;
@@ -138,7 +138,7 @@ fn check_acyclic(steps: &[StepSpec]) -> Result<(), Invalid> {
     ))
 }
 
-fn check_name(field: &str, name: &str) -> Result<(), Invalid> {
+pub fn check_name(field: &str, name: &str) -> Result<(), Invalid> {
     let ok_chars = name
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
@@ -155,40 +155,9 @@ fn check_name(field: &str, name: &str) -> Result<(), Invalid> {
 }
 
 fn endpoint(at: &str, doc: &EndpointDoc, inherited: RetryPolicy) -> Result<Endpoint, Invalid> {
-    let url_field = format!("{at}.url");
-    if doc.url.len() > MAX_URL_LEN {
-        return Err(Invalid::new(
-            url_field,
-            format!("must be at most {MAX_URL_LEN} characters"),
-        ));
-    }
-    let url = reqwest::Url::parse(&doc.url).map_err(|e| {
-        Invalid::new(
-            &url_field,
-            format!("'{}' is not a URL: {e}", truncate(&doc.url, 200)),
-        )
-    })?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(Invalid::new(
-            url_field,
-            format!(
-                "'{}' must use http or https, not {}",
-                truncate(&doc.url, 200),
-                url.scheme()
-            ),
-        ));
-    }
-    if url.host_str().is_none_or(str::is_empty) {
-        return Err(Invalid::new(url_field, "the URL has no host"));
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(Invalid::new(
-            url_field,
-            "credentials in participant URLs are not allowed",
-        ));
-    }
+    check_url(&format!("{at}.url"), &doc.url)?;
     let timeout = match &doc.timeout {
-        Some(t) => duration(
+        Some(t) => check_duration(
             &format!("{at}.timeout"),
             t,
             Duration::from_millis(1),
@@ -202,6 +171,38 @@ fn endpoint(at: &str, doc: &EndpointDoc, inherited: RetryPolicy) -> Result<Endpo
         timeout_ms: timeout.as_millis() as u64,
         retry,
     })
+}
+
+/// A participant URL: http(s), with a host, without credentials, not absurdly long.
+pub fn check_url(field: &str, url: &str) -> Result<(), Invalid> {
+    if url.len() > MAX_URL_LEN {
+        return Err(Invalid::new(
+            field,
+            format!("must be at most {MAX_URL_LEN} characters"),
+        ));
+    }
+    let parsed = reqwest::Url::parse(url)
+        .map_err(|e| Invalid::new(field, format!("'{}' is not a URL: {e}", truncate(url, 200))))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(Invalid::new(
+            field,
+            format!(
+                "'{}' must use http or https, not {}",
+                truncate(url, 200),
+                parsed.scheme()
+            ),
+        ));
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(Invalid::new(field, "the URL has no host"));
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(Invalid::new(
+            field,
+            "credentials in participant URLs are not allowed",
+        ));
+    }
+    Ok(())
 }
 
 fn merge_retry(
@@ -223,7 +224,7 @@ fn merge_retry(
         policy.max_attempts = n as u32;
     }
     if let Some(t) = &doc.initial_backoff {
-        let d = duration(
+        let d = check_duration(
             &format!("{at}.initial_backoff"),
             t,
             Duration::from_millis(1),
@@ -232,7 +233,7 @@ fn merge_retry(
         policy.initial_backoff_ms = d.as_millis() as u64;
     }
     if let Some(t) = &doc.max_backoff {
-        let d = duration(
+        let d = check_duration(
             &format!("{at}.max_backoff"),
             t,
             Duration::from_millis(1),
@@ -261,7 +262,13 @@ fn merge_retry(
     Ok(policy)
 }
 
-fn duration(field: &str, text: &str, min: Duration, max: Duration) -> Result<Duration, Invalid> {
+/// A duration such as `500ms` or `2s`, between `min` and `max`.
+pub fn check_duration(
+    field: &str,
+    text: &str,
+    min: Duration,
+    max: Duration,
+) -> Result<Duration, Invalid> {
     let d = humantime::parse_duration(text.trim()).map_err(|e| {
         Invalid::new(
             field,

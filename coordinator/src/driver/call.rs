@@ -5,12 +5,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 use settle_participant::protocol::{
-    classify_status, CallRequest, StatusMeaning, IDEMPOTENCY_KEY_HEADER, SIGNATURE_HEADER,
-    TRACEPARENT_HEADER,
+    StatusMeaning, IDEMPOTENCY_KEY_HEADER, SIGNATURE_HEADER, TRACEPARENT_HEADER,
 };
 use settle_participant::signature;
 
-use crate::machine::saga::Outcome;
+use uuid::Uuid;
+
+use super::workflow::Outgoing;
+use crate::machine::Outcome;
 use crate::settings::Secret;
 
 /// What a call came back with, plus what the timeline records about it.
@@ -24,33 +26,30 @@ pub struct Answered {
 /// The longest error text kept from a participant's body.
 const MAX_ERROR_TEXT: usize = 500;
 
-/// W3C trace context: the saga's id is the trace id, so every call of one saga
-/// lands in one trace.
-pub fn traceparent(request: &CallRequest) -> String {
+/// W3C trace context: the transaction's id is the trace id, so every call of one
+/// transaction lands in one trace.
+pub fn traceparent(trace_id: Uuid) -> String {
     let span: u64 = rand::random::<u64>() | 1;
-    format!("00-{}-{span:016x}-01", request.transaction_id.simple())
+    format!("00-{}-{span:016x}-01", trace_id.simple())
 }
 
 pub async fn post(
     http: &reqwest::Client,
-    url: &str,
-    timeout: Duration,
-    request: &CallRequest,
+    out: &Outgoing,
     secret: Option<&Secret>,
     max_response_bytes: usize,
 ) -> Answered {
     let started = Instant::now();
-    let (outcome, status) =
-        match send(http, url, timeout, request, secret, max_response_bytes).await {
-            Ok(answer) => answer,
-            Err(error) => (
-                Outcome::Transient {
-                    status: None,
-                    error,
-                },
-                None,
-            ),
-        };
+    let (outcome, status) = match send(http, out, secret, max_response_bytes).await {
+        Ok(answer) => answer,
+        Err(error) => (
+            Outcome::Transient {
+                status: None,
+                error,
+            },
+            None,
+        ),
+    };
     Answered {
         outcome,
         status,
@@ -60,19 +59,16 @@ pub async fn post(
 
 async fn send(
     http: &reqwest::Client,
-    url: &str,
-    timeout: Duration,
-    request: &CallRequest,
+    out: &Outgoing,
     secret: Option<&Secret>,
     max_response_bytes: usize,
 ) -> Result<(Outcome, Option<u16>), String> {
-    let body = serde_json::to_vec(request).map_err(|e| format!("encoding the call: {e}"))?;
     let mut builder = http
-        .post(url)
-        .timeout(timeout)
+        .post(&out.url)
+        .timeout(out.timeout)
         .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .header(IDEMPOTENCY_KEY_HEADER, request.idempotency_key())
-        .header(TRACEPARENT_HEADER, traceparent(request));
+        .header(IDEMPOTENCY_KEY_HEADER, &out.idempotency_key)
+        .header(TRACEPARENT_HEADER, traceparent(out.trace_id));
     if let Some(secret) = secret {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -80,10 +76,14 @@ async fn send(
             .unwrap_or(0);
         builder = builder.header(
             SIGNATURE_HEADER,
-            signature::sign(secret.expose().as_bytes(), now, &body),
+            signature::sign(secret.expose().as_bytes(), now, &out.body),
         );
     }
-    let mut response = builder.body(body).send().await.map_err(describe)?;
+    let mut response = builder
+        .body(out.body.clone())
+        .send()
+        .await
+        .map_err(describe)?;
     let status = response.status().as_u16();
     let mut bytes = Vec::new();
     while let Some(chunk) = response.chunk().await.map_err(describe)? {
@@ -94,7 +94,7 @@ async fn send(
         }
         bytes.extend_from_slice(&chunk);
     }
-    let outcome = match classify_status(status) {
+    let outcome = match (out.classify)(status) {
         StatusMeaning::Done => Outcome::Done(output(&bytes)),
         StatusMeaning::Refused => Outcome::Refused {
             status,

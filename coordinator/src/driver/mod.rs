@@ -5,6 +5,8 @@
 mod call;
 mod recovery;
 mod run;
+mod twopc;
+mod workflow;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,13 +22,18 @@ use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use crate::lock::{Locks, Token};
-use crate::machine::saga::{Event, Saga};
+use crate::machine::saga::Saga;
 use crate::machine::Clock;
 use crate::settings::Settings;
 use crate::specs::{self, Specs};
-use crate::store::{self, sagas::Inserted};
+use crate::store::{
+    self,
+    transactions::{EventRecord, Inserted},
+};
+use workflow::{Event, SagaRun, Step, Workflow};
 
 pub use call::traceparent;
+pub use twopc::{branch_spec as twopc_branch_spec, CloseError, Closed, TxStartError};
 
 /// Messages to a running saga task.
 #[derive(Debug)]
@@ -165,35 +172,37 @@ impl Driver {
             return Err(StartError::ShuttingDown);
         }
         let spec = self.specs.latest(definition).await?;
-        let request_digest = {
-            let mut h = Sha256::new();
-            h.update(definition.as_bytes());
-            h.update([0]);
-            h.update(serde_json::to_vec(&input).unwrap_or_default());
-            hex::encode(h.finalize())
-        };
         let id = Uuid::now_v7();
         let clock = self.clock();
-        let mut saga = Saga::new(&spec, clock.now);
-        let mut decision = saga.handle(&spec, Event::Start, clock);
-        // The insert below is the durable write of this decision.
-        decision.durable = false;
-        let progress =
-            serde_json::to_value(&saga).map_err(|e| store::Error::Corrupt(e.to_string()))?;
+        let mut run = SagaRun {
+            saga: Saga::new(&spec, clock.now),
+            spec: spec.clone(),
+            input: Arc::new(input),
+        };
+        let mut first = run.on(Event::Start, clock);
+        // The insert below is the durable write of this step.
+        first.durable = false;
+        let progress = run
+            .progress()
+            .map_err(|e| store::Error::Corrupt(e.to_string()))?;
         let sent_ms = self.monotonic_ms();
-        let inserted = store::sagas::insert(
+        let inserted = store::transactions::insert(
             &self.pool,
-            &store::sagas::NewSaga {
+            &store::transactions::NewRow {
                 id,
-                definition,
-                version: spec.version,
-                state: saga.status.as_str(),
-                input: &input,
+                kind: "saga",
+                definition: Some(definition),
+                version: Some(spec.version),
+                state: run.state(),
+                input: &run.input,
                 progress: &progress,
                 idempotency_key,
-                request_digest: &request_digest,
-                deadline: saga.deadline,
-                next_attempt_at: saga.wake_at(clock.now),
+                request_digest: &request_digest(&[
+                    definition.as_bytes(),
+                    &serde_json::to_vec(&*run.input).unwrap_or_default(),
+                ]),
+                deadline: run.saga.deadline,
+                next_attempt_at: run.wake_at(clock.now),
                 owner: self.instance(),
                 lease: self.lease_duration(),
                 actor,
@@ -204,8 +213,8 @@ impl Driver {
             Inserted::Created { fence } => {
                 tracing::info!(transaction_id = %id, definition, version = spec.version, "saga started");
                 self.adopt(
-                    run::Run::new(id, spec, saga, Arc::new(input), fence),
-                    (decision, Vec::new()),
+                    run::Run { id, fence, w: run },
+                    (first, Vec::new()),
                     None,
                     sent_ms,
                 );
@@ -219,7 +228,7 @@ impl Driver {
     /// Asks a running saga to compensate. Returns its state at the time, or None
     /// when there is no such saga.
     pub async fn cancel(&self, id: Uuid, actor: &str) -> Result<Option<String>, store::Error> {
-        let state = store::sagas::request_cancel(&self.pool, id, actor).await?;
+        let state = store::transactions::request_cancel(&self.pool, id, actor).await?;
         if state.as_deref() == Some("running") {
             let owned = self.owned.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(o) = owned.get(&id) {
@@ -229,14 +238,14 @@ impl Driver {
         Ok(state)
     }
 
-    /// Waits until the saga is settled (terminal or stuck) or `until` passes, and
-    /// returns it as stored. Wakes at once for sagas this instance drives, and
-    /// polls for sagas another instance drives.
+    /// Waits until the transaction is settled (terminal or stuck) or `until` passes,
+    /// and returns it as stored. Wakes at once for transactions this instance
+    /// drives, and polls for those another instance drives.
     pub async fn wait(
         &self,
         id: Uuid,
         until: Instant,
-    ) -> Result<Option<store::sagas::SagaRow>, store::Error> {
+    ) -> Result<Option<store::transactions::TransactionRow>, store::Error> {
         let notify = {
             let mut waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
             waiters.entry(id).or_default().clone()
@@ -246,7 +255,7 @@ impl Driver {
                 let notified = notify.notified();
                 tokio::pin!(notified);
                 notified.as_mut().enable();
-                let row = store::sagas::get(&self.pool, id).await?;
+                let row = store::transactions::get(&self.pool, id).await?;
                 let settled = row.as_ref().is_none_or(|r| {
                     matches!(r.state.as_str(), "completed" | "compensated" | "stuck")
                 });
@@ -283,13 +292,10 @@ impl Driver {
     }
 
     /// Registers a saga as owned here and spawns its task.
-    fn adopt(
+    fn adopt<W: Workflow>(
         self: &Arc<Self>,
-        run: run::Run,
-        first: (
-            crate::machine::saga::Decision,
-            Vec<store::sagas::EventRecord>,
-        ),
+        run: run::Run<W>,
+        first: (Step<W::Call>, Vec<EventRecord>),
         lock: Option<Token>,
         sent_ms: u64,
     ) {
@@ -354,4 +360,15 @@ impl Driver {
             );
         }
     }
+}
+
+/// Hex SHA-256 over the parts of a request, to tell a replay from a different
+/// request under the same idempotency key.
+fn request_digest(parts: &[&[u8]]) -> String {
+    let mut h = Sha256::new();
+    for part in parts {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part);
+    }
+    hex::encode(h.finalize())
 }

@@ -5,11 +5,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::workflow::{Event, SagaRun, TxRun, Workflow};
 use super::{run::Run, Command, Driver};
-use crate::machine::saga::{Decision, Event, Saga};
+use crate::machine::saga::Saga;
+use crate::machine::twopc::TwoPc;
 use crate::store::{
     self,
-    sagas::{EventRecord, SagaRow},
+    transactions::{EventRecord, TransactionRow},
 };
 
 impl Driver {
@@ -33,13 +35,14 @@ impl Driver {
             return;
         }
         let sent_ms = self.monotonic_ms();
-        let kept = match store::sagas::renew(&self.pool, &snapshot, self.lease_duration()).await {
-            Ok(kept) => kept.into_iter().collect::<HashMap<_, _>>(),
-            Err(e) => {
-                tracing::warn!(error = %e, count = snapshot.len(), "lease renewal failed");
-                return;
-            }
-        };
+        let kept =
+            match store::transactions::renew(&self.pool, &snapshot, self.lease_duration()).await {
+                Ok(kept) => kept.into_iter().collect::<HashMap<_, _>>(),
+                Err(e) => {
+                    tracing::warn!(error = %e, count = snapshot.len(), "lease renewal failed");
+                    return;
+                }
+            };
         let mut locks = Vec::new();
         {
             let owned = self.owned.lock().unwrap_or_else(|p| p.into_inner());
@@ -77,7 +80,7 @@ impl Driver {
     pub(super) async fn recovery_loop(self: Arc<Self>) {
         let every = self.settings.coordinator.recovery_interval;
         loop {
-            let claimed = match store::sagas::claim_due(
+            let claimed = match store::transactions::claim_due(
                 &self.pool,
                 self.instance(),
                 self.lease_duration(),
@@ -109,7 +112,7 @@ impl Driver {
     }
 
     #[tracing::instrument(skip_all, fields(transaction_id = %row.id))]
-    async fn take_over(self: &Arc<Self>, row: SagaRow, sent_ms: u64) {
+    async fn take_over(self: &Arc<Self>, row: TransactionRow, sent_ms: u64) {
         let lock = match self.locks.acquire(row.id, self.lease_duration()).await {
             Ok(Some(token)) => Some(token),
             Ok(None) => {
@@ -125,52 +128,102 @@ impl Driver {
                     wait_ms = wait.as_millis() as u64,
                     "transaction locked by another instance; backing off"
                 );
-                let _ = store::sagas::release(&self.pool, row.id, row.fence, wait).await;
+                let _ = store::transactions::release(&self.pool, row.id, row.fence, wait).await;
                 return;
             }
             Err(_) => None,
         };
-        let spec = match self.specs.get(&row.definition, row.version).await {
-            Ok(spec) => spec,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot load the saga's definition; retrying later");
-                let _ = store::sagas::release(&self.pool, row.id, row.fence, self.lease_duration())
-                    .await;
-                return;
-            }
-        };
-        let mut saga: Saga = match serde_json::from_value(row.progress.clone()) {
-            Ok(saga) => saga,
-            Err(e) => {
-                tracing::error!(error = %e, "stored saga state is unreadable; leaving it for an operator");
-                let _ =
-                    store::sagas::release(&self.pool, row.id, row.fence, Duration::from_secs(3600))
-                        .await;
-                return;
-            }
-        };
-        tracing::info!(state = %row.state, "recovering saga");
         let clock = self.clock();
-        let mut decision = saga.handle(&spec, Event::Resume, clock);
-        if row.cancel_requested {
-            let cancel = saga.handle(&spec, Event::Cancel, clock);
-            decision = merge(decision, cancel);
-        }
-        let mut events = vec![EventRecord {
+        let recovered = EventRecord {
             kind: "recovered",
             actor: self.instance().to_string(),
             detail: Some(serde_json::json!({ "locked": lock.is_some() })),
             ..EventRecord::default()
-        }];
-        events.extend(self.transition_records(&decision));
-        let run = Run::new(row.id, spec, saga, Arc::new(row.input), row.fence);
-        self.adopt(run, (decision, events), lock, sent_ms);
+        };
+        tracing::info!(kind = %row.kind, state = %row.state, "recovering transaction");
+        if row.kind == "twopc" {
+            let Some(tx) = self.readable::<TwoPc>(&row).await else {
+                return;
+            };
+            let mut run = TxRun { tx };
+            let step = run.on(Event::Resume, clock);
+            let mut events = vec![recovered];
+            events.extend(self.transition_records(&step.transitions));
+            self.adopt(
+                Run {
+                    id: row.id,
+                    fence: row.fence,
+                    w: run,
+                },
+                (step, events),
+                lock,
+                sent_ms,
+            );
+            return;
+        }
+        let (Some(definition), Some(version)) = (row.definition.as_deref(), row.version) else {
+            tracing::error!("saga row without a definition; leaving it for an operator");
+            return;
+        };
+        let spec = match self.specs.get(definition, version).await {
+            Ok(spec) => spec,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot load the saga's definition; retrying later");
+                let _ = store::transactions::release(
+                    &self.pool,
+                    row.id,
+                    row.fence,
+                    self.lease_duration(),
+                )
+                .await;
+                return;
+            }
+        };
+        let Some(saga) = self.readable::<Saga>(&row).await else {
+            return;
+        };
+        let mut run = SagaRun {
+            spec,
+            saga,
+            input: Arc::new(row.input.clone()),
+        };
+        let mut step = run.on(Event::Resume, clock);
+        if row.cancel_requested {
+            let cancel = run.on(Event::Cancel, clock);
+            step.calls.extend(cancel.calls);
+            step.durable |= cancel.durable;
+            step.transitions.extend(cancel.transitions);
+        }
+        let mut events = vec![recovered];
+        events.extend(self.transition_records(&step.transitions));
+        self.adopt(
+            Run {
+                id: row.id,
+                fence: row.fence,
+                w: run,
+            },
+            (step, events),
+            lock,
+            sent_ms,
+        );
     }
-}
 
-fn merge(mut a: Decision, b: Decision) -> Decision {
-    a.calls.extend(b.calls);
-    a.durable |= b.durable;
-    a.transitions.extend(b.transitions);
-    a
+    /// The stored state of a claimed row, or None (released for an hour, logged)
+    /// when it cannot be read.
+    async fn readable<T: serde::de::DeserializeOwned>(&self, row: &TransactionRow) -> Option<T> {
+        match serde_json::from_value(row.progress.clone()) {
+            Ok(state) => Some(state),
+            Err(e) => {
+                tracing::error!(error = %e, "stored state is unreadable; leaving it for an operator");
+                let _ = store::transactions::release(
+                    &self.pool,
+                    row.id,
+                    row.fence,
+                    Duration::from_secs(3600),
+                )
+                .await;
+                None
+            }
+        }
+    }
 }

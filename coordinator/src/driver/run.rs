@@ -1,60 +1,44 @@
-//! The task that drives one owned saga: events in, machine decides, outcome
-//! written (fenced) before any call that depends on it goes out.
+//! The task that drives one owned transaction (saga or 2PC): events in, machine
+//! decides, outcome written (fenced) before any call that depends on it goes out.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::Value;
-use settle_participant::protocol::{CallRequest, Phase as WirePhase};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use super::{call, Command, Driver, Lease};
-use crate::machine::saga::{Call, Decision, Event, Outcome, Phase, Saga, Transition};
-use crate::machine::spec::SagaSpec;
-use crate::store::sagas::{EventRecord, Outcome as Write, Written};
+use super::call::{self, Answered};
+use super::workflow::{Event, Step, Workflow};
+use super::{Command, Driver, Lease};
+use crate::machine::twopc::Verdict;
+use crate::machine::Outcome;
+use crate::store::transactions::{EventRecord, Outcome as Write, Written};
 use crate::store::{self};
 
-/// Everything a saga task holds.
-pub(super) struct Run {
+/// Everything a transaction's task holds.
+pub(super) struct Run<W> {
     pub id: Uuid,
-    pub spec: Arc<SagaSpec>,
-    pub saga: Saga,
-    pub input: Arc<Value>,
     pub fence: i64,
+    pub w: W,
 }
 
-impl Run {
-    pub fn new(id: Uuid, spec: Arc<SagaSpec>, saga: Saga, input: Arc<Value>, fence: i64) -> Run {
-        Run {
-            id,
-            spec,
-            saga,
-            input,
-            fence,
-        }
-    }
+/// A finished participant call, reported back to its transaction's task.
+struct Reply<C> {
+    call: C,
+    label: String,
+    phase: &'static str,
+    attempt: u32,
+    answered: Answered,
 }
 
-/// A finished participant call, reported back to its saga's task.
-struct Reply {
-    call: Call,
-    answered: call::Answered,
-}
-
-/// Why a saga task ended.
+/// Why a task ended.
 #[derive(Debug, PartialEq, Eq)]
-enum Exit {
+pub(super) enum Exit {
     Settled,
     Lost,
     Released,
-}
-
-fn phase_str(phase: Phase) -> &'static str {
-    match phase {
-        Phase::Action => "action",
-        Phase::Compensation => "compensation",
-    }
+    /// An interactive transaction is being closed; the closer drives it from here on.
+    Handover(Verdict),
 }
 
 fn outcome_str(outcome: &Outcome) -> &'static str {
@@ -67,53 +51,58 @@ fn outcome_str(outcome: &Outcome) -> &'static str {
 }
 
 impl Driver {
-    #[tracing::instrument(name = "saga", skip_all, fields(transaction_id = %run.id))]
-    pub(super) async fn drive(
+    #[tracing::instrument(name = "transaction", skip_all, fields(transaction_id = %run.id))]
+    pub(super) async fn drive<W: Workflow>(
         self: Arc<Self>,
-        mut run: Run,
-        first: (Decision, Vec<EventRecord>),
+        mut run: Run<W>,
+        first: (Step<W::Call>, Vec<EventRecord>),
         mut commands: mpsc::UnboundedReceiver<Command>,
         lease: Arc<Lease>,
     ) {
-        let (reply_tx, mut replies) = mpsc::unbounded_channel::<Reply>();
+        let (reply_tx, mut replies) = mpsc::unbounded_channel::<Reply<W::Call>>();
         let mut in_flight = 0usize;
-        let mut pending: Option<(Decision, Vec<EventRecord>)> = Some(first);
+        let mut pending = Some(first);
         let mut cancel_next = false;
         let exit = loop {
-            if let Some((decision, events)) = pending.take() {
-                let before = run.saga.status;
-                if decision.durable || !events.is_empty() {
+            if let Some((step, events)) = pending.take() {
+                let before = run.w.state();
+                if step.durable || !events.is_empty() {
                     match self.persist(&run, &events, &lease).await {
                         Ok(cancel_requested) => cancel_next |= cancel_requested,
                         Err(exit) => break exit,
                     }
+                    self.pause_for_fault_injection(&step).await;
                 }
-                if before != run.saga.status || !run.saga.status.is_active() {
+                if before != run.w.state() || !run.w.is_active() {
                     self.notify_waiters(run.id);
                 }
-                if !decision.calls.is_empty() && !self.shutdown.is_cancelled() {
-                    if !self.confirm_ownership(&run, &lease).await {
+                if let Some(verdict) = step.close {
+                    break Exit::Handover(verdict);
+                }
+                if !step.calls.is_empty() && !self.shutdown.is_cancelled() {
+                    if !self.confirm_ownership(run.id, run.fence, &lease).await {
                         break Exit::Lost;
                     }
-                    for c in decision.calls {
-                        self.dispatch(&run, c, reply_tx.clone());
-                        in_flight += 1;
+                    for c in step.calls {
+                        if self.dispatch(&run, c, reply_tx.clone()) {
+                            in_flight += 1;
+                        }
                     }
                 }
             }
-            if !run.saga.status.is_active() && in_flight == 0 {
+            if !run.w.is_active() && in_flight == 0 {
                 break Exit::Settled;
             }
             if self.shutdown.is_cancelled() && in_flight == 0 {
                 break Exit::Released;
             }
-            if cancel_next && run.saga.status == crate::machine::saga::SagaStatus::Running {
+            if cancel_next && run.w.can_cancel() {
                 cancel_next = false;
                 pending = Some(self.handle(&mut run, Event::Cancel, Vec::new()));
                 continue;
             }
             cancel_next = false;
-            let timer = run.saga.next_timer().map(|at| {
+            let timer = run.w.next_timer().map(|at| {
                 let wait = (at - store::wall_clock_millis()).max(0) as u64;
                 tokio::time::Instant::now() + Duration::from_millis(wait)
             });
@@ -121,12 +110,8 @@ impl Driver {
             tokio::select! {
                 Some(reply) = replies.recv() => {
                     in_flight -= 1;
-                    let record = self.attempt_record(&run, &reply);
-                    let event = Event::Reply {
-                        step: reply.call.step,
-                        phase: reply.call.phase,
-                        outcome: reply.answered.outcome,
-                    };
+                    let record = self.attempt_record(&reply);
+                    let event = Event::Reply { call: reply.call, outcome: reply.answered.outcome };
                     pending = Some(self.handle(&mut run, event, vec![record]));
                 }
                 Some(command) = commands.recv() => match command {
@@ -140,13 +125,25 @@ impl Driver {
             }
         };
         match exit {
-            Exit::Settled => tracing::info!(state = run.saga.status.as_str(), "saga settled"),
-            Exit::Lost => tracing::warn!("ownership lost: another instance owns this transaction now; stopping without further calls"),
+            Exit::Settled => tracing::info!(state = run.w.state(), "transaction settled"),
+            Exit::Lost => tracing::warn!(
+                "ownership lost: another instance owns this transaction now; stopping without further calls"
+            ),
             Exit::Released => {
-                match store::sagas::release(&self.pool, run.id, run.fence, Duration::ZERO).await {
+                match store::transactions::release(&self.pool, run.id, run.fence, Duration::ZERO).await {
                     Ok(_) => tracing::info!("released at shutdown"),
                     Err(e) => tracing::warn!(error = %e, "release at shutdown failed; the lease will expire"),
                 }
+            }
+            Exit::Handover(verdict) => {
+                let me = self.clone();
+                let id = run.id;
+                let actor = self.instance().to_string();
+                tokio::spawn(async move {
+                    if let Err(e) = me.close_transaction(id, verdict, Some("timeout".into()), &actor).await {
+                        tracing::warn!(transaction_id = %id, error = %e, "closing at the deadline failed; recovery will retry");
+                    }
+                });
             }
         }
         self.disown(run.id, run.fence).await;
@@ -154,45 +151,43 @@ impl Driver {
     }
 
     /// Applies an event to the machine and turns its transitions into timeline entries.
-    fn handle(
+    pub(super) fn handle<W: Workflow>(
         &self,
-        run: &mut Run,
-        event: Event,
+        run: &mut Run<W>,
+        event: Event<W::Call>,
         mut events: Vec<EventRecord>,
-    ) -> (Decision, Vec<EventRecord>) {
-        let decision = run.saga.handle(&run.spec, event, self.clock());
-        events.extend(self.transition_records(&decision));
-        (decision, events)
+    ) -> (Step<W::Call>, Vec<EventRecord>) {
+        let step = run.w.on(event, self.clock());
+        events.extend(self.transition_records(&step.transitions));
+        (step, events)
     }
 
-    /// Timeline entries for the saga-level changes a decision made.
-    pub(super) fn transition_records(&self, decision: &Decision) -> Vec<EventRecord> {
-        let mut events = Vec::new();
-        for t in &decision.transitions {
-            let (kind, error) = match t {
-                Transition::Compensating { reason } => ("compensating", Some(reason.clone())),
-                Transition::Completed => ("completed", None),
-                Transition::Compensated => ("compensated", None),
-                Transition::Stuck { reason } => ("stuck", Some(reason.clone())),
-            };
-            match t {
-                Transition::Stuck { reason } => tracing::warn!(reason = %reason, "saga stuck"),
-                Transition::Compensating { reason } => {
-                    tracing::info!(reason = %reason, "saga compensating")
+    /// Timeline entries (and log lines) for the transaction-level changes of a step.
+    pub(super) fn transition_records(
+        &self,
+        transitions: &[(&'static str, Option<String>)],
+    ) -> Vec<EventRecord> {
+        transitions
+            .iter()
+            .map(|(kind, reason)| {
+                match (*kind, reason) {
+                    ("stuck", Some(reason)) => {
+                        tracing::warn!(reason = %reason, "transaction stuck")
+                    }
+                    (kind, Some(reason)) => tracing::info!(reason = %reason, "{kind}"),
+                    (kind, None) => tracing::info!("{kind}"),
                 }
-                _ => {}
-            }
-            events.push(EventRecord {
-                kind,
-                error,
-                actor: self.instance().to_string(),
-                ..EventRecord::default()
-            });
-        }
-        events
+                EventRecord {
+                    kind,
+                    error: reason.clone(),
+                    actor: self.instance().to_string(),
+                    ..EventRecord::default()
+                }
+            })
+            .collect()
     }
 
-    fn attempt_record(&self, run: &Run, reply: &Reply) -> EventRecord {
+    fn attempt_record<C>(&self, reply: &Reply<C>) -> EventRecord {
         let (error, status) = match &reply.answered.outcome {
             Outcome::Done(_) | Outcome::InProgress { .. } => (None, reply.answered.status),
             Outcome::Refused { status, message } => (Some(message.clone()), Some(*status)),
@@ -200,9 +195,9 @@ impl Driver {
         };
         EventRecord {
             kind: "attempt",
-            step: run.spec.steps.get(reply.call.step).map(|s| s.name.clone()),
-            phase: Some(phase_str(reply.call.phase)),
-            attempt: Some(reply.call.attempt as i32),
+            step: Some(reply.label.clone()),
+            phase: Some(reply.phase),
+            attempt: Some(reply.attempt as i32),
             status_code: status.map(i32::from),
             error,
             duration_ms: Some(reply.answered.duration.as_millis().min(i32::MAX as u128) as i32),
@@ -211,18 +206,18 @@ impl Driver {
         }
     }
 
-    /// Writes the saga's state (fenced). Retries while the database is away, for as
-    /// long as this instance can still believe it owns the saga.
-    async fn persist(
+    /// Writes the state (fenced). Retries while the database is away, for as long
+    /// as this instance can still believe it owns the transaction.
+    async fn persist<W: Workflow>(
         &self,
-        run: &Run,
+        run: &Run<W>,
         events: &[EventRecord],
         lease: &Lease,
     ) -> Result<bool, Exit> {
-        let progress = match serde_json::to_value(&run.saga) {
+        let progress = match run.w.progress() {
             Ok(p) => p,
             Err(e) => {
-                tracing::error!(error = %e, "cannot encode saga state");
+                tracing::error!(error = %e, "cannot encode the transaction's state");
                 return Err(Exit::Released);
             }
         };
@@ -230,17 +225,17 @@ impl Driver {
         let write = Write {
             id: run.id,
             fence: run.fence,
-            state: run.saga.status.as_str(),
+            state: run.w.state(),
             progress: &progress,
-            reason: run.saga.reason.as_deref(),
-            next_attempt_at: run.saga.wake_at(now),
+            reason: run.w.reason(),
+            next_attempt_at: run.w.wake_at(now),
             lease: self.lease_duration(),
             events,
         };
         let mut backoff = Duration::from_millis(50);
         loop {
             let sent_ms = self.monotonic_ms();
-            match store::sagas::write(&self.pool, &write).await {
+            match store::transactions::write(&self.pool, &write).await {
                 Ok(Written::Ok { cancel_requested }) => {
                     self.lease_renewed(lease, sent_ms);
                     return Ok(cancel_requested);
@@ -248,10 +243,10 @@ impl Driver {
                 Ok(Written::OwnershipLost) => return Err(Exit::Lost),
                 Err(e) => {
                     if !self.lease_valid(lease) {
-                        tracing::warn!(error = %e, "cannot persist and the lease has run out; leaving the saga to recovery");
+                        tracing::warn!(error = %e, "cannot persist and the lease has run out; leaving it to recovery");
                         return Err(Exit::Lost);
                     }
-                    tracing::warn!(error = %e, "persisting saga state failed; retrying");
+                    tracing::warn!(error = %e, "persisting state failed; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                 }
@@ -261,12 +256,12 @@ impl Driver {
 
     /// Before calling participants: is the lease still ours? A process that was
     /// paused finds its lease expired here and must prove ownership again.
-    async fn confirm_ownership(&self, run: &Run, lease: &Lease) -> bool {
+    pub(super) async fn confirm_ownership(&self, id: Uuid, fence: i64, lease: &Lease) -> bool {
         if self.lease_valid(lease) {
             return true;
         }
         let sent_ms = self.monotonic_ms();
-        match store::sagas::renew(&self.pool, &[(run.id, run.fence)], self.lease_duration()).await {
+        match store::transactions::renew(&self.pool, &[(id, fence)], self.lease_duration()).await {
             Ok(kept) if !kept.is_empty() => {
                 self.lease_renewed(lease, sent_ms);
                 true
@@ -279,37 +274,49 @@ impl Driver {
         }
     }
 
-    fn dispatch(&self, run: &Run, c: Call, replies: mpsc::UnboundedSender<Reply>) {
-        let Some(endpoint) = Saga::endpoint(&run.spec, &c) else {
-            return;
-        };
-        let request = CallRequest {
-            transaction_id: run.id,
-            saga: run.spec.name.clone(),
-            step: run.spec.steps[c.step].name.clone(),
-            phase: match c.phase {
-                Phase::Action => WirePhase::Action,
-                Phase::Compensation => WirePhase::Compensation,
-            },
-            attempt: c.attempt,
-            input: (*run.input).clone(),
-            results: run.saga.results(),
+    /// Sends one call in its own task; its reply comes back on `replies`.
+    fn dispatch<W: Workflow>(
+        &self,
+        run: &Run<W>,
+        c: W::Call,
+        replies: mpsc::UnboundedSender<Reply<W::Call>>,
+    ) -> bool {
+        let Some(out) = run.w.outgoing(run.id, &c) else {
+            tracing::error!(call = ?c, "no endpoint for a call the machine asked for");
+            return false;
         };
         let http = self.http.clone();
-        let url = endpoint.url.clone();
-        let timeout = Duration::from_millis(endpoint.timeout_ms);
         let secret = self.settings.participants.signing_secret.clone();
         let max = self.settings.participants.max_response_bytes;
-        let span = tracing::info_span!("call", step = %request.step, phase = phase_str(c.phase), attempt = c.attempt);
+        let span = tracing::info_span!("call", step = %out.label, phase = out.phase, attempt = out.attempt);
         tokio::spawn(tracing::Instrument::instrument(
             async move {
-                let answered =
-                    call::post(&http, &url, timeout, &request, secret.as_ref(), max).await;
+                let answered = call::post(&http, &out, secret.as_ref(), max).await;
                 tracing::debug!(status = ?answered.status, outcome = outcome_str(&answered.outcome), "participant answered");
-                let _ = replies.send(Reply { call: c, answered });
+                let _ = replies.send(Reply {
+                    call: c,
+                    label: out.label,
+                    phase: out.phase,
+                    attempt: out.attempt,
+                    answered,
+                });
             },
             span,
         ));
+        true
+    }
+
+    /// Test-only fault injection (`testing.pause_at`): stop dead right after a
+    /// durable commit decision, so that a test can SIGKILL the process there.
+    async fn pause_for_fault_injection<C>(&self, step: &Step<C>) {
+        let Some(point) = self.settings.testing.pause_at.as_deref() else {
+            return;
+        };
+        if point == "commit-decided" && step.transitions.iter().any(|(k, _)| *k == "decided_commit")
+        {
+            tracing::warn!("fault injection: paused after a durable commit decision");
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
     }
 }
 

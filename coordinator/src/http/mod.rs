@@ -4,6 +4,7 @@ pub mod definitions;
 pub mod error;
 pub mod health;
 pub mod sagas;
+pub mod transactions;
 mod views;
 
 use std::sync::Arc;
@@ -69,7 +70,21 @@ pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceCon
                     )
                     .route("/sagas", web::post().to(sagas::start))
                     .route("/sagas/{id}", web::get().to(sagas::get))
-                    .route("/sagas/{id}/cancel", web::post().to(sagas::cancel)),
+                    .route("/sagas/{id}/cancel", web::post().to(sagas::cancel))
+                    .route("/transactions", web::post().to(transactions::start))
+                    .route("/transactions/{id}", web::get().to(transactions::get))
+                    .route(
+                        "/transactions/{id}/branches",
+                        web::post().to(transactions::register_branch),
+                    )
+                    .route(
+                        "/transactions/{id}/commit",
+                        web::post().to(transactions::commit),
+                    )
+                    .route(
+                        "/transactions/{id}/abort",
+                        web::post().to(transactions::abort),
+                    ),
             )
             .default_service(web::to(not_found));
     }

@@ -18,10 +18,10 @@ const MAX_IDEMPOTENCY_KEY: usize = 200;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WaitQuery {
-    wait: Option<String>,
+    pub wait: Option<String>,
 }
 
-fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
+pub fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
     let Some(value) = req.headers().get("Idempotency-Key") else {
         return Ok(None);
     };
@@ -54,10 +54,11 @@ async fn respond(
 ) -> Result<HttpResponse, ApiError> {
     let row = match wait {
         Some(w) => state.driver.wait(id, Instant::now() + w).await?,
-        None => store::sagas::get(&state.pool, id).await?,
+        None => store::transactions::get(&state.pool, id).await?,
     };
-    let row =
-        row.ok_or_else(|| ApiError::not_found("saga_not_found", format!("no saga with id {id}")))?;
+    let row = row
+        .filter(|r| r.kind == "saga")
+        .ok_or_else(|| ApiError::not_found("saga_not_found", format!("no saga with id {id}")))?;
     Ok(HttpResponse::build(status)
         .insert_header((header::LOCATION, format!("/v1/sagas/{id}")))
         .json(views::saga(row)?))

@@ -4,11 +4,18 @@
 use deadpool_postgres::Pool;
 
 /// Every migration, in order. Changing the schema means adding a file here.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "initial",
-    include_str!("../../../migrations/0001_initial.sql"),
-)];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "initial",
+        include_str!("../../../migrations/0001_initial.sql"),
+    ),
+    (
+        2,
+        "two_phase_commit",
+        include_str!("../../../migrations/0002_two_phase_commit.sql"),
+    ),
+];
 
 /// Arbitrary constant naming Settle's migration lock.
 const MIGRATION_LOCK: i64 = 0x5e77_1e00_0001;

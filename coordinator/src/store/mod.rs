@@ -3,7 +3,8 @@
 
 pub mod definitions;
 pub mod migrate;
-pub mod sagas;
+pub mod transactions;
+pub mod twopc;
 
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -203,7 +203,10 @@ async fn a_killed_coordinator_leaves_nothing_unfinished_and_nothing_doubled() {
         "the second coordinator recovered what the first left"
     );
     let logs = second.log_text();
-    assert!(logs.contains("recovering saga"), "recovery is logged");
+    assert!(
+        logs.contains("recovering transaction"),
+        "recovery is logged"
+    );
     assert!(
         logs.contains("transaction_id"),
         "log lines carry the transaction id"

@@ -35,8 +35,8 @@ async fn happy_path_runs_every_step_once_in_order() {
         .all(|s| s.state == "succeeded" && s.attempts == 1));
     assert_eq!(paths(&world.participant.calls()), ["/a", "/b", "/c"]);
     let first = &world.participant.calls()[0];
-    assert_eq!(first.request.input, json!({ "order": 1 }));
-    assert_eq!(first.request.attempt, 1);
+    assert_eq!(first.saga_call().input, json!({ "order": 1 }));
+    assert_eq!(first.saga_call().attempt, 1);
     assert_eq!(
         first.idempotency_key.as_deref(),
         Some(format!("{}:a:action", saga.id).as_str())
@@ -100,7 +100,7 @@ async fn transient_failures_are_retried_with_the_same_key_then_succeed() {
     assert_eq!(
         b_calls
             .iter()
-            .map(|c| c.request.attempt)
+            .map(|c| c.saga_call().attempt)
             .collect::<Vec<_>>(),
         [1, 2, 3]
     );
@@ -254,8 +254,8 @@ async fn independent_branches_run_concurrently_and_join() {
     );
     let join = &world.participant.calls_to("/join")[0];
     assert!(join.started >= left.finished.unwrap() && join.started >= right.finished.unwrap());
-    assert_eq!(join.request.results["left"], json!({ "side": "L" }));
-    assert_eq!(join.request.results["right"], json!({ "side": "R" }));
+    assert_eq!(join.saga_call().results["left"], json!({ "side": "L" }));
+    assert_eq!(join.saga_call().results["right"], json!({ "side": "R" }));
     world.stop().await;
 }
 
@@ -282,7 +282,7 @@ async fn outputs_of_earlier_steps_reach_later_steps() {
         .await
         .unwrap();
     assert_eq!(saga.state, "completed");
-    let c = &world.participant.calls_to("/c")[0].request;
+    let c = &world.participant.calls_to("/c")[0].saga_call();
     assert_eq!(c.results["a"], json!({ "reservation": "r-1" }));
     assert_eq!(c.results["b"], json!({ "charge": 42 }));
     assert_eq!(c.input, json!({ "sku": "x" }));

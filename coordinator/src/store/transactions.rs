@@ -1,5 +1,5 @@
-//! Saga rows: creation, fenced outcome writes with their timeline events, lease
-//! renewal, recovery claims and cancel requests.
+//! Transaction rows (sagas and 2PC alike): saga creation, fenced outcome writes
+//! with their timeline events, lease renewal, recovery claims, release and cancel requests.
 
 use std::time::{Duration, SystemTime};
 
@@ -25,12 +25,14 @@ pub struct EventRecord {
     pub detail: Option<Value>,
 }
 
-/// A saga about to be created.
+/// A transaction about to be created.
 #[derive(Debug)]
-pub struct NewSaga<'a> {
+pub struct NewRow<'a> {
     pub id: Uuid,
-    pub definition: &'a str,
-    pub version: i32,
+    /// `saga` or `twopc`.
+    pub kind: &'static str,
+    pub definition: Option<&'a str>,
+    pub version: Option<i32>,
     pub state: &'a str,
     pub input: &'a Value,
     pub progress: &'a Value,
@@ -51,21 +53,21 @@ pub enum Inserted {
     Existing { id: Uuid, same_request: bool },
 }
 
-/// One commit: the saga row, owned by its creator, plus its `started` event.
-pub async fn insert(pool: &Pool, saga: &NewSaga<'_>) -> Result<Inserted> {
+/// One commit: the row, owned by its creator, plus its `started` event.
+pub async fn insert(pool: &Pool, saga: &NewRow<'_>) -> Result<Inserted> {
     let client = pool.get().await?;
     let stmt = client
         .prepare_cached(
             "WITH t AS (
                 INSERT INTO transactions (id, kind, definition, version, state, input, progress,
                     idempotency_key, request_digest, deadline, next_attempt_at, owner, lease_until, fence)
-                VALUES ($1, 'saga', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11,
+                VALUES ($1, $14, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11,
                     now() + ($12::bigint * interval '1 millisecond'), nextval('settle_fence'))
                 ON CONFLICT (idempotency_key) DO NOTHING
                 RETURNING id, fence),
              e AS (
                 INSERT INTO events (transaction_id, kind, actor, detail)
-                SELECT id, 'started', $13, jsonb_build_object('definition', $2::text, 'version', $3::int) FROM t)
+                SELECT id, 'started', $13, jsonb_strip_nulls(jsonb_build_object('kind', $14::text, 'definition', $2::text, 'version', $3::int)) FROM t)
              SELECT fence FROM t",
         )
         .await?;
@@ -87,6 +89,7 @@ pub async fn insert(pool: &Pool, saga: &NewSaga<'_>) -> Result<Inserted> {
                 &saga.owner,
                 &lease_ms,
                 &saga.actor,
+                &saga.kind,
             ],
         )
         .await?;
@@ -174,10 +177,13 @@ pub async fn write(pool: &Pool, outcome: &Outcome<'_>) -> Result<Written> {
 
 /// A saga row as read back, for the API and for a new owner.
 #[derive(Debug, Clone)]
-pub struct SagaRow {
+pub struct TransactionRow {
     pub id: Uuid,
-    pub definition: String,
-    pub version: i32,
+    /// `saga` or `twopc`.
+    pub kind: String,
+    /// The saga definition and version (sagas only).
+    pub definition: Option<String>,
+    pub version: Option<i32>,
     pub state: String,
     pub input: Value,
     pub progress: Value,
@@ -190,14 +196,15 @@ pub struct SagaRow {
     pub fence: i64,
 }
 
-const SAGA_COLUMNS: &str =
-    "id, definition, version, state, input, progress, reason, cancel_requested, \
+const COLUMNS: &str =
+    "id, kind, definition, version, state, input, progress, reason, cancel_requested, \
      deadline, next_attempt_at, created_at, updated_at, fence";
 
-impl SagaRow {
+impl TransactionRow {
     fn from_row(row: &tokio_postgres::Row) -> Self {
-        SagaRow {
+        TransactionRow {
             id: row.get("id"),
+            kind: row.get("kind"),
             definition: row.get("definition"),
             version: row.get("version"),
             state: row.get("state"),
@@ -214,27 +221,28 @@ impl SagaRow {
     }
 }
 
-pub async fn get(pool: &Pool, id: Uuid) -> Result<Option<SagaRow>> {
+/// One transaction of any kind.
+pub async fn get(pool: &Pool, id: Uuid) -> Result<Option<TransactionRow>> {
     let client = pool.get().await?;
     let stmt = client
-        .prepare_cached(&format!(
-            "SELECT {SAGA_COLUMNS} FROM transactions WHERE id = $1 AND kind = 'saga'"
-        ))
+        .prepare_cached(&format!("SELECT {COLUMNS} FROM transactions WHERE id = $1"))
         .await?;
     Ok(client
         .query_opt(&stmt, &[&id])
         .await?
-        .map(|r| SagaRow::from_row(&r)))
+        .map(|r| TransactionRow::from_row(&r)))
 }
 
 /// Takes over due work whose owner's lease has expired, using the database clock.
+/// A stuck saga has no `next_attempt_at` and waits for an operator; a stuck 2PC
+/// transaction keeps retrying its phase two, so it is claimed like any other.
 /// Each claimed row gets a fresh fence, so the previous owner's writes now fail.
 pub async fn claim_due(
     pool: &Pool,
     owner: &str,
     lease: Duration,
     limit: i64,
-) -> Result<Vec<SagaRow>> {
+) -> Result<Vec<TransactionRow>> {
     let client = pool.get().await?;
     let stmt = client
         .prepare_cached(&format!(
@@ -243,18 +251,18 @@ pub async fn claim_due(
                     lease_until = now() + ($2::bigint * interval '1 millisecond')
               WHERE id IN (
                     SELECT id FROM transactions
-                     WHERE state IN ('running', 'compensating')
+                     WHERE state IN ('running', 'compensating', 'active', 'preparing', 'committing', 'aborting', 'stuck')
                        AND next_attempt_at <= now()
                        AND lease_until < now()
                      ORDER BY next_attempt_at
                      LIMIT $3
                      FOR UPDATE SKIP LOCKED)
-            RETURNING {SAGA_COLUMNS}"
+            RETURNING {COLUMNS}"
         ))
         .await?;
     let lease_ms = lease.as_millis() as i64;
     let rows = client.query(&stmt, &[&owner, &lease_ms, &limit]).await?;
-    Ok(rows.iter().map(SagaRow::from_row).collect())
+    Ok(rows.iter().map(TransactionRow::from_row).collect())
 }
 
 /// Extends the leases of everything this instance drives in one statement.

@@ -1,0 +1,269 @@
+//! Starting 2PC / TCC transactions, registering TCC branches, and closing an
+//! interactive transaction (commit, abort, or its deadline), which takes ownership
+//! of it in the same database transaction that reads its branch list.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use settle_participant::api::{NewBranch, NewTransaction};
+use uuid::Uuid;
+
+use super::workflow::{step_of, Event, TxRun, Workflow};
+use super::{request_digest, run, Driver, Started};
+use crate::definition::{self, Invalid};
+use crate::machine::retry::RetryPolicy;
+use crate::machine::twopc::{BranchSpec, TwoPc, Verdict};
+use crate::store::transactions::{EventRecord, Inserted, NewRow};
+use crate::store::twopc::{ClosedState, Registered};
+use crate::store::{self, twopc::Closed as StoreClosed};
+
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+const MAX_BRANCHES: usize = 100;
+/// Per-call timeout of prepare, commit and abort calls.
+const CALL_TIMEOUT_MS: u64 = 10_000;
+
+/// Phase-two retries: past `max_attempts` the transaction is flagged stuck and
+/// retried at `max_backoff` until every branch acknowledges.
+const RETRY: RetryPolicy = RetryPolicy {
+    max_attempts: 10,
+    initial_backoff_ms: 100,
+    max_backoff_ms: 10_000,
+    multiplier: 2.0,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TxStartError {
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    #[error("idempotency key reused with a different request")]
+    KeyReused,
+    #[error("the coordinator is shutting down")]
+    ShuttingDown,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CloseError {
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    #[error("stored transaction state is unreadable: {0}")]
+    Corrupt(String),
+}
+
+/// What a commit or abort request found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Closed {
+    /// Closed by this request; this instance drives it now.
+    Now,
+    /// Closed before (or a one-shot transaction): its state and decision, if any.
+    Already {
+        state: String,
+        verdict: Option<Verdict>,
+    },
+    NotFound,
+}
+
+/// A branch from the wire, checked.
+pub fn branch_spec(field: &str, b: &NewBranch, needs_prepare: bool) -> Result<BranchSpec, Invalid> {
+    definition::check_name(&format!("{field}.name"), &b.name)?;
+    if let Some(url) = &b.prepare_url {
+        definition::check_url(&format!("{field}.prepare_url"), url)?;
+    } else if needs_prepare {
+        return Err(Invalid::new(
+            format!("{field}.prepare_url"),
+            "a one-shot participant needs a prepare_url",
+        ));
+    }
+    definition::check_url(&format!("{field}.commit_url"), &b.commit_url)?;
+    definition::check_url(&format!("{field}.abort_url"), &b.abort_url)?;
+    Ok(BranchSpec {
+        name: b.name.clone(),
+        prepare_url: b.prepare_url.clone(),
+        commit_url: b.commit_url.clone(),
+        abort_url: b.abort_url.clone(),
+        payload: b.payload.clone().unwrap_or(Value::Null),
+    })
+}
+
+impl Driver {
+    /// Creates a one-shot (participants given: prepared at once) or interactive
+    /// (TCC: collects branches) transaction in one commit and drives it here.
+    pub async fn start_transaction(
+        self: &Arc<Self>,
+        request: &NewTransaction,
+        idempotency_key: Option<&str>,
+        actor: &str,
+    ) -> Result<Started, TxStartError> {
+        if self.shutdown.is_cancelled() {
+            return Err(TxStartError::ShuttingDown);
+        }
+        let timeout = match &request.timeout {
+            Some(t) => {
+                definition::check_duration("timeout", t, Duration::from_millis(100), MAX_TIMEOUT)?
+            }
+            None => DEFAULT_TIMEOUT,
+        };
+        let clock = self.clock();
+        let deadline = clock.now + timeout.as_millis() as i64;
+        let tx = match &request.participants {
+            Some(participants) => {
+                if participants.is_empty() || participants.len() > MAX_BRANCHES {
+                    return Err(Invalid::new(
+                        "participants",
+                        format!(
+                            "between 1 and {MAX_BRANCHES} participants are needed, got {}",
+                            participants.len()
+                        ),
+                    )
+                    .into());
+                }
+                let mut branches = Vec::with_capacity(participants.len());
+                for (i, p) in participants.iter().enumerate() {
+                    let spec = branch_spec(&format!("participants[{i}]"), p, true)?;
+                    if branches.iter().any(|b: &BranchSpec| b.name == spec.name) {
+                        return Err(Invalid::new(
+                            format!("participants[{i}].name"),
+                            format!("duplicate participant name '{}'", spec.name),
+                        )
+                        .into());
+                    }
+                    branches.push(spec);
+                }
+                TwoPc::one_shot(branches, deadline, RETRY, CALL_TIMEOUT_MS)
+            }
+            None => TwoPc::interactive(deadline, RETRY, CALL_TIMEOUT_MS),
+        };
+        let input =
+            serde_json::to_value(request).map_err(|e| store::Error::Corrupt(e.to_string()))?;
+        let mut run = TxRun { tx };
+        let mut first = run.on(Event::Start, clock);
+        first.durable = false;
+        let progress = run
+            .progress()
+            .map_err(|e| store::Error::Corrupt(e.to_string()))?;
+        let id = Uuid::now_v7();
+        let sent_ms = self.monotonic_ms();
+        let inserted = store::transactions::insert(
+            &self.pool,
+            &NewRow {
+                id,
+                kind: "twopc",
+                definition: None,
+                version: None,
+                state: run.state(),
+                input: &input,
+                progress: &progress,
+                idempotency_key,
+                request_digest: &request_digest(&[
+                    b"twopc",
+                    &serde_json::to_vec(&input).unwrap_or_default(),
+                ]),
+                deadline,
+                next_attempt_at: run.wake_at(clock.now),
+                owner: self.instance(),
+                lease: self.lease_duration(),
+                actor,
+            },
+        )
+        .await?;
+        match inserted {
+            Inserted::Created { fence } => {
+                tracing::info!(transaction_id = %id, mode = ?run.tx.mode, branches = run.tx.branches.len(), "transaction started");
+                self.adopt(
+                    run::Run { id, fence, w: run },
+                    (first, Vec::new()),
+                    None,
+                    sent_ms,
+                );
+                Ok(Started::New(id))
+            }
+            Inserted::Existing { id, same_request } if same_request => Ok(Started::Existing(id)),
+            Inserted::Existing { .. } => Err(TxStartError::KeyReused),
+        }
+    }
+
+    /// Registers a TCC branch on an active interactive transaction.
+    pub async fn register_branch(
+        &self,
+        id: Uuid,
+        branch: &BranchSpec,
+        actor: &str,
+    ) -> Result<Registered, store::Error> {
+        store::twopc::add_branch(&self.pool, id, branch, actor).await
+    }
+
+    /// Commits or aborts an interactive transaction (also: its deadline passing).
+    /// Whoever closes it owns it from then on and drives phase one or two.
+    #[tracing::instrument(skip_all, fields(transaction_id = %id, verdict = verdict.as_str()))]
+    pub async fn close_transaction(
+        self: &Arc<Self>,
+        id: Uuid,
+        verdict: Verdict,
+        reason: Option<String>,
+        actor: &str,
+    ) -> Result<Closed, CloseError> {
+        let clock = self.clock();
+        let sent_ms = self.monotonic_ms();
+        let closed = store::twopc::close(
+            &self.pool,
+            id,
+            self.instance(),
+            self.lease_duration(),
+            |progress, branches| {
+                let mut tx: TwoPc = serde_json::from_value(progress).ok()?;
+                let decision = tx.close(verdict, branches, reason, clock);
+                if !decision.durable {
+                    return None;
+                }
+                let mut step = step_of(decision);
+                step.durable = false;
+                let mut events = vec![EventRecord {
+                    kind: "close_requested",
+                    actor: actor.to_string(),
+                    detail: Some(serde_json::json!({ "verdict": verdict.as_str() })),
+                    ..EventRecord::default()
+                }];
+                events.extend(self.transition_records(&step.transitions));
+                let closed = ClosedState {
+                    state: tx.status.as_str(),
+                    progress: serde_json::to_value(&tx).ok()?,
+                    reason: tx.reason.clone(),
+                    next_attempt_at: tx.wake_at(clock.now),
+                    events,
+                };
+                Some((closed, (tx, step)))
+            },
+        )
+        .await?;
+        match closed {
+            StoreClosed::Now {
+                fence,
+                value: (tx, step),
+            } => {
+                self.adopt(
+                    run::Run {
+                        id,
+                        fence,
+                        w: TxRun { tx },
+                    },
+                    (step, Vec::new()),
+                    None,
+                    sent_ms,
+                );
+                Ok(Closed::Now)
+            }
+            StoreClosed::Already { state, progress } => {
+                let tx: TwoPc = serde_json::from_value(progress)
+                    .map_err(|e| CloseError::Corrupt(e.to_string()))?;
+                Ok(Closed::Already {
+                    state,
+                    verdict: tx.verdict,
+                })
+            }
+            StoreClosed::NotFound => Ok(Closed::NotFound),
+        }
+    }
+}
