@@ -122,6 +122,11 @@ async fn answer(
 
 impl ScriptedParticipant {
     pub async fn start() -> ScriptedParticipant {
+        Self::start_on(0).await
+    }
+
+    /// On a given port (0: any), e.g. to bring back a participant that was away.
+    pub async fn start_on(port: u16) -> ScriptedParticipant {
         let script = Arc::new(Mutex::new(Script::default()));
         let data = web::Data::new(script.clone());
         let server = HttpServer::new(move || {
@@ -132,7 +137,7 @@ impl ScriptedParticipant {
         })
         .workers(2)
         .disable_signals()
-        .bind(("127.0.0.1", 0))
+        .bind(("127.0.0.1", port))
         .expect("binding the scripted participant");
         let addr = server.addrs()[0];
         let server = server.run();
