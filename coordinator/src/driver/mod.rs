@@ -257,7 +257,7 @@ impl Driver {
                 notified.as_mut().enable();
                 let row = store::transactions::get(&self.pool, id).await?;
                 let settled = row.as_ref().is_none_or(|r| {
-                    matches!(r.state.as_str(), "completed" | "compensated" | "stuck")
+                    matches!(r.state.as_str(), "completed" | "compensated" | "committed" | "aborted" | "stuck")
                 });
                 if settled || Instant::now() >= until {
                     return Ok(row);
