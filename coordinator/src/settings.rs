@@ -34,7 +34,22 @@ pub struct Settings {
     pub coordinator: CoordinatorSettings,
     pub participants: ParticipantSettings,
     pub log: LogSettings,
+    pub twopc: TwoPcSettings,
     pub testing: TestingSettings,
+}
+
+/// Defaults of 2PC / TCC transactions.
+#[derive(Debug, Clone)]
+pub struct TwoPcSettings {
+    /// Timeout of a transaction that does not give one.
+    pub default_timeout: Duration,
+    /// Per-call timeout of prepare, commit and abort calls.
+    pub call_timeout: Duration,
+    /// Retries of prepares, and of phase two before the transaction is flagged stuck.
+    pub max_attempts: u32,
+    pub initial_backoff: Duration,
+    /// Also the pace of phase-two retries once stuck.
+    pub max_backoff: Duration,
 }
 
 /// Fault-injection points for the crash tests; never set in production.
@@ -112,7 +127,30 @@ struct Raw {
     coordinator: RawCoordinator,
     participants: RawParticipants,
     log: RawLog,
+    twopc: RawTwoPc,
     testing: RawTesting,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawTwoPc {
+    default_timeout: String,
+    call_timeout: String,
+    max_attempts: u32,
+    initial_backoff: String,
+    max_backoff: String,
+}
+
+impl Default for RawTwoPc {
+    fn default() -> Self {
+        RawTwoPc {
+            default_timeout: "30s".into(),
+            call_timeout: "10s".into(),
+            max_attempts: 10,
+            initial_backoff: "100ms".into(),
+            max_backoff: "10s".into(),
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -360,6 +398,16 @@ impl Raw {
             log: LogSettings {
                 json: self.log.json,
                 level,
+            },
+            twopc: TwoPcSettings {
+                default_timeout: duration("twopc.default_timeout", &self.twopc.default_timeout)?,
+                call_timeout: duration("twopc.call_timeout", &self.twopc.call_timeout)?,
+                max_attempts: match self.twopc.max_attempts {
+                    0 => return Err(Error("twopc.max_attempts: must be at least 1".into())),
+                    n => n,
+                },
+                initial_backoff: duration("twopc.initial_backoff", &self.twopc.initial_backoff)?,
+                max_backoff: duration("twopc.max_backoff", &self.twopc.max_backoff)?,
             },
             testing: TestingSettings {
                 pause_at: match self.testing.pause_at.as_str() {

@@ -18,20 +18,8 @@ use crate::store::transactions::{EventRecord, Inserted, NewRow};
 use crate::store::twopc::{ClosedState, Registered};
 use crate::store::{self, twopc::Closed as StoreClosed};
 
-const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 const MAX_BRANCHES: usize = 100;
-/// Per-call timeout of prepare, commit and abort calls.
-const CALL_TIMEOUT_MS: u64 = 10_000;
-
-/// Phase-two retries: past `max_attempts` the transaction is flagged stuck and
-/// retried at `max_backoff` until every branch acknowledges.
-const RETRY: RetryPolicy = RetryPolicy {
-    max_attempts: 10,
-    initial_backoff_ms: 100,
-    max_backoff_ms: 10_000,
-    multiplier: 2.0,
-};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TxStartError {
@@ -100,12 +88,19 @@ impl Driver {
         if self.shutdown.is_cancelled() {
             return Err(TxStartError::ShuttingDown);
         }
+        let defaults = &self.settings.twopc;
         let timeout = match &request.timeout {
-            Some(t) => {
-                definition::check_duration("timeout", t, Duration::from_millis(100), MAX_TIMEOUT)?
-            }
-            None => DEFAULT_TIMEOUT,
+            Some(t) => definition::check_duration("timeout", t, Duration::from_millis(100), MAX_TIMEOUT)?,
+            None => defaults.default_timeout,
         };
+        // Past max_attempts a transaction in phase two is flagged stuck and retried at max_backoff.
+        let retry = RetryPolicy {
+            max_attempts: defaults.max_attempts,
+            initial_backoff_ms: defaults.initial_backoff.as_millis() as u64,
+            max_backoff_ms: defaults.max_backoff.as_millis().max(defaults.initial_backoff.as_millis()) as u64,
+            multiplier: 2.0,
+        };
+        let call_timeout_ms = defaults.call_timeout.as_millis() as u64;
         let clock = self.clock();
         let deadline = clock.now + timeout.as_millis() as i64;
         let tx = match &request.participants {
@@ -132,9 +127,9 @@ impl Driver {
                     }
                     branches.push(spec);
                 }
-                TwoPc::one_shot(branches, deadline, RETRY, CALL_TIMEOUT_MS)
+                TwoPc::one_shot(branches, deadline, retry, call_timeout_ms)
             }
-            None => TwoPc::interactive(deadline, RETRY, CALL_TIMEOUT_MS),
+            None => TwoPc::interactive(deadline, retry, call_timeout_ms),
         };
         let input =
             serde_json::to_value(request).map_err(|e| store::Error::Corrupt(e.to_string()))?;
