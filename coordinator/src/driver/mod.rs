@@ -256,8 +256,11 @@ impl Driver {
                 tokio::pin!(notified);
                 notified.as_mut().enable();
                 let row = store::transactions::get(&self.pool, id).await?;
-                let settled = row.as_ref().is_none_or(|r| {
-                    matches!(r.state.as_str(), "completed" | "compensated" | "committed" | "aborted" | "stuck")
+                // A stuck saga waits for an operator; a stuck 2PC transaction keeps retrying.
+                let settled = row.as_ref().is_none_or(|r| match r.state.as_str() {
+                    "completed" | "compensated" | "committed" | "aborted" => true,
+                    "stuck" => r.kind == "saga",
+                    _ => false,
                 });
                 if settled || Instant::now() >= until {
                     return Ok(row);

@@ -90,14 +90,19 @@ impl Driver {
         }
         let defaults = &self.settings.twopc;
         let timeout = match &request.timeout {
-            Some(t) => definition::check_duration("timeout", t, Duration::from_millis(100), MAX_TIMEOUT)?,
+            Some(t) => {
+                definition::check_duration("timeout", t, Duration::from_millis(100), MAX_TIMEOUT)?
+            }
             None => defaults.default_timeout,
         };
         // Past max_attempts a transaction in phase two is flagged stuck and retried at max_backoff.
         let retry = RetryPolicy {
             max_attempts: defaults.max_attempts,
             initial_backoff_ms: defaults.initial_backoff.as_millis() as u64,
-            max_backoff_ms: defaults.max_backoff.as_millis().max(defaults.initial_backoff.as_millis()) as u64,
+            max_backoff_ms: defaults
+                .max_backoff
+                .as_millis()
+                .max(defaults.initial_backoff.as_millis()) as u64,
             multiplier: 2.0,
         };
         let call_timeout_ms = defaults.call_timeout.as_millis() as u64;

@@ -519,10 +519,8 @@ impl TwoPc {
 
     fn advance(&mut self, clock: Clock, decision: &mut Decision) {
         match self.status {
-            TxStatus::Active => {
-                if clock.now >= self.deadline {
-                    decision.close = Some(Verdict::Abort);
-                }
+            TxStatus::Active if clock.now >= self.deadline => {
+                decision.close = Some(Verdict::Abort);
             }
             TxStatus::Preparing => {
                 if clock.now >= self.deadline {
