@@ -96,6 +96,10 @@ pub struct CoordinatorSettings {
     pub claim_batch: i64,
     /// Pause between recovery scans.
     pub recovery_interval: Duration,
+    /// Most state writes carried by one statement and commit (group commit); 1 turns batching off.
+    pub write_batch_max: usize,
+    /// Batched statements under way at once.
+    pub write_concurrency: usize,
     /// Saga definitions loaded at start-up (`*.yaml`, `*.yml`, `*.json`); none when unset.
     pub sagas_dir: Option<PathBuf>,
 }
@@ -193,6 +197,8 @@ struct RawCoordinator {
     claim_batch: i64,
     recovery_interval: String,
     sagas_dir: String,
+    write_batch_max: usize,
+    write_concurrency: usize,
 }
 
 #[derive(Debug, Deserialize)]
@@ -250,6 +256,8 @@ impl Default for RawCoordinator {
             claim_batch: 100,
             recovery_interval: "1s".into(),
             sagas_dir: "sagas".into(),
+            write_batch_max: 256,
+            write_concurrency: 4,
         }
     }
 }
@@ -319,6 +327,8 @@ impl Raw {
         })?;
         positive("server.max_body_bytes", self.server.max_body_bytes)?;
         positive("database.pool_size", self.database.pool_size)?;
+        positive("coordinator.write_batch_max", self.coordinator.write_batch_max)?;
+        positive("coordinator.write_concurrency", self.coordinator.write_concurrency)?;
         positive(
             "participants.max_response_bytes",
             self.participants.max_response_bytes,
@@ -386,6 +396,8 @@ impl Raw {
                     "coordinator.recovery_interval",
                     &self.coordinator.recovery_interval,
                 )?,
+                write_batch_max: self.coordinator.write_batch_max,
+                write_concurrency: self.coordinator.write_concurrency,
                 sagas_dir: (!self.coordinator.sagas_dir.is_empty())
                     .then(|| PathBuf::from(self.coordinator.sagas_dir)),
             },

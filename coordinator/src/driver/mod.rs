@@ -7,6 +7,7 @@ mod recovery;
 mod run;
 mod twopc;
 mod workflow;
+mod writer;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -68,6 +69,7 @@ pub struct Driver {
     tasks: TaskTracker,
     runtime: tokio::runtime::Handle,
     epoch: Instant,
+    writer: writer::Writer,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -106,7 +108,14 @@ impl Driver {
             .user_agent(concat!("settle/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| anyhow::anyhow!("building the participant HTTP client: {e}"))?;
+        let writer = writer::Writer::start(
+            pool.clone(),
+            settings.coordinator.write_batch_max,
+            settings.coordinator.write_concurrency,
+            &tokio::runtime::Handle::current(),
+        );
         Ok(Arc::new(Driver {
+            writer,
             pool,
             locks,
             specs,

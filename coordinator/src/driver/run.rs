@@ -12,7 +12,8 @@ use super::workflow::{Event, Step, Workflow};
 use super::{Command, Driver, Lease};
 use crate::machine::twopc::Verdict;
 use crate::machine::Outcome;
-use crate::store::transactions::{EventRecord, Outcome as Write, Written};
+use crate::store::batch::StateWrite;
+use crate::store::transactions::{EventRecord, Written};
 use crate::store::{self};
 
 /// Everything a transaction's task holds.
@@ -222,20 +223,20 @@ impl Driver {
             }
         };
         let now = store::wall_clock_millis();
-        let write = Write {
+        let write = StateWrite {
             id: run.id,
             fence: run.fence,
             state: run.w.state(),
-            progress: &progress,
-            reason: run.w.reason(),
-            next_attempt_at: run.w.wake_at(now),
-            lease: self.lease_duration(),
-            events,
+            progress,
+            reason: run.w.reason().map(str::to_owned),
+            next_ms: run.w.wake_at(now),
+            lease_ms: self.lease_duration().as_millis() as i64,
+            events: events.to_vec(),
         };
         let mut backoff = Duration::from_millis(50);
         loop {
             let sent_ms = self.monotonic_ms();
-            match store::transactions::write(&self.pool, &write).await {
+            match self.writer.write(write.clone()).await {
                 Ok(Written::Ok { cancel_requested }) => {
                     self.lease_renewed(lease, sent_ms);
                     return Ok(cancel_requested);

@@ -1,6 +1,7 @@
 //! PostgreSQL access. Every write to a transaction's state is conditional on the
 //! writer's fence; a write that matches no row means the writer lost ownership.
 
+pub mod batch;
 pub mod definitions;
 pub mod migrate;
 pub mod transactions;
@@ -25,6 +26,9 @@ pub enum Error {
     /// A statement failed; a retry may help if the connection dropped.
     #[error("database statement failed")]
     Query(#[from] tokio_postgres::Error),
+    /// The writer that batches state writes has stopped (the process is shutting down).
+    #[error("the state writer has stopped")]
+    Stopped,
     /// A stored row could not be understood (a bug or a manual edit).
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),

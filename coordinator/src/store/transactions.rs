@@ -109,70 +109,12 @@ pub async fn insert(pool: &Pool, saga: &NewRow<'_>) -> Result<Inserted> {
     })
 }
 
-/// A fenced state write.
-#[derive(Debug)]
-pub struct Outcome<'a> {
-    pub id: Uuid,
-    pub fence: i64,
-    pub state: &'a str,
-    pub progress: &'a Value,
-    pub reason: Option<&'a str>,
-    pub next_attempt_at: Option<Millis>,
-    pub lease: Duration,
-    pub events: &'a [EventRecord],
-}
-
 #[derive(Debug, PartialEq, Eq)]
 pub enum Written {
     /// Durable. Carries whether a cancel has been requested meanwhile.
     Ok { cancel_requested: bool },
     /// The fence no longer matches: another instance owns the transaction; stop.
     OwnershipLost,
-}
-
-/// One commit: the new state, a renewed lease and the events describing the change,
-/// all conditional on the fence.
-pub async fn write(pool: &Pool, outcome: &Outcome<'_>) -> Result<Written> {
-    let client = pool.get().await?;
-    let stmt = client
-        .prepare_cached(
-            "WITH t AS (
-                UPDATE transactions
-                   SET state = $3, progress = $4, reason = $5, next_attempt_at = $6, updated_at = now(),
-                       lease_until = now() + ($7::bigint * interval '1 millisecond')
-                 WHERE id = $1 AND fence = $2
-                RETURNING id, cancel_requested),
-             e AS (
-                INSERT INTO events (transaction_id, kind, step, phase, attempt, status_code, error, duration_ms, actor, detail)
-                SELECT t.id, x.kind, x.step, x.phase, x.attempt, x.status_code, x.error, x.duration_ms, x.actor, x.detail
-                  FROM t, jsonb_to_recordset($8::jsonb) AS x(kind text, step text, phase text, attempt int,
-                       status_code int, error text, duration_ms int, actor text, detail jsonb))
-             SELECT cancel_requested FROM t",
-        )
-        .await?;
-    let events = serde_json::to_value(outcome.events).unwrap_or(Value::Array(vec![]));
-    let lease_ms = outcome.lease.as_millis() as i64;
-    let row = client
-        .query_opt(
-            &stmt,
-            &[
-                &outcome.id,
-                &outcome.fence,
-                &outcome.state,
-                outcome.progress,
-                &outcome.reason,
-                &outcome.next_attempt_at.map(to_time),
-                &lease_ms,
-                &events,
-            ],
-        )
-        .await?;
-    Ok(match row {
-        Some(row) => Written::Ok {
-            cancel_requested: row.get(0),
-        },
-        None => Written::OwnershipLost,
-    })
 }
 
 /// A saga row as read back, for the API and for a new owner.
@@ -278,10 +220,12 @@ pub async fn renew(
     let client = pool.get().await?;
     let stmt = client
         .prepare_cached(
-            "UPDATE transactions t
+            "WITH x AS (SELECT * FROM unnest($1::uuid[], $2::int8[]) AS x(id, fence)),
+                  lk AS (SELECT t.id FROM transactions t JOIN x ON t.id = x.id AND t.fence = x.fence
+                          ORDER BY t.id FOR UPDATE OF t)
+             UPDATE transactions t
                 SET lease_until = now() + ($3::bigint * interval '1 millisecond')
-               FROM unnest($1::uuid[], $2::int8[]) AS x(id, fence)
-              WHERE t.id = x.id AND t.fence = x.fence
+              WHERE t.id IN (SELECT id FROM lk)
           RETURNING t.id, t.cancel_requested",
         )
         .await?;

@@ -1,0 +1,86 @@
+//! The group-commit writer. Transaction tasks hand their state writes here and
+//! wait; writes leave in batches (one statement, one commit each), a few batches
+//! at a time, so that concurrent transactions share commits. Whoever waits gets
+//! its answer only once its batch is durable.
+
+use std::sync::Arc;
+
+use deadpool_postgres::Pool;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use crate::store::batch::{self, StateWrite};
+use crate::store::{self, transactions::Written};
+
+struct Pending {
+    write: StateWrite,
+    done: oneshot::Sender<store::Result<Written>>,
+}
+
+pub(super) struct Writer {
+    queue: mpsc::UnboundedSender<Pending>,
+}
+
+impl Writer {
+    /// Starts the batching loop on `runtime`: at most `max_batch` writes per
+    /// statement and `concurrency` statements under way at once.
+    pub fn start(pool: Pool, max_batch: usize, concurrency: usize, runtime: &tokio::runtime::Handle) -> Writer {
+        let (queue, mut pending) = mpsc::unbounded_channel::<Pending>();
+        let slots = Arc::new(Semaphore::new(concurrency.max(1)));
+        runtime.spawn(async move {
+            loop {
+                // Take a slot first: while every slot is busy, writes pile up and
+                // the next batch is larger.
+                let Ok(slot) = slots.clone().acquire_owned().await else {
+                    return;
+                };
+                let Some(first) = pending.recv().await else {
+                    return;
+                };
+                let mut batch = vec![first];
+                while batch.len() < max_batch.max(1) {
+                    match pending.try_recv() {
+                        Ok(p) => batch.push(p),
+                        Err(_) => break,
+                    }
+                }
+                let pool = pool.clone();
+                tokio::spawn(async move {
+                    commit(&pool, batch).await;
+                    drop(slot);
+                });
+            }
+        });
+        Writer { queue }
+    }
+
+    /// Queues a write and waits until it is durable (or refused by its fence).
+    pub async fn write(&self, write: StateWrite) -> store::Result<Written> {
+        let (done, answer) = oneshot::channel();
+        self.queue.send(Pending { write, done }).map_err(|_| store::Error::Stopped)?;
+        answer.await.map_err(|_| store::Error::Stopped)?
+    }
+}
+
+async fn commit(pool: &Pool, batch: Vec<Pending>) {
+    let (writes, waiting): (Vec<StateWrite>, Vec<_>) = batch.into_iter().map(|p| (p.write, p.done)).unzip();
+    match batch::write(pool, &writes).await {
+        Ok(results) => {
+            for (done, result) in waiting.into_iter().zip(results) {
+                let _ = done.send(Ok(result));
+            }
+        }
+        Err(e) if writes.len() == 1 => {
+            if let Some(done) = waiting.into_iter().next() {
+                let _ = done.send(Err(e));
+            }
+        }
+        Err(e) => {
+            // One bad write must not sink the others: write them one by one.
+            tracing::warn!(error = %e, size = writes.len(), "batched write failed; retrying its writes one by one");
+            for (write, done) in writes.into_iter().zip(waiting) {
+                let result = batch::write(pool, std::slice::from_ref(&write)).await;
+                let _ = done.send(result.map(|mut r| r.pop().unwrap_or(Written::OwnershipLost)));
+            }
+        }
+    }
+}

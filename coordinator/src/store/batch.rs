@@ -1,0 +1,81 @@
+//! Group commit: the state writes of many transactions in one statement and one
+//! Postgres commit. Each write is still fenced and still durable before its caller
+//! acts on it; a write whose fence no longer matches comes back as ownership lost.
+
+use deadpool_postgres::Pool;
+use serde::Serialize;
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::transactions::{EventRecord, Written};
+use super::Result;
+use crate::machine::Millis;
+
+/// One transaction's new state, owned so that it can wait in a batch.
+#[derive(Debug, Clone, Serialize)]
+pub struct StateWrite {
+    pub id: Uuid,
+    pub fence: i64,
+    pub state: &'static str,
+    pub progress: Value,
+    pub reason: Option<String>,
+    /// `next_attempt_at` in milliseconds since the epoch.
+    pub next_ms: Option<Millis>,
+    pub lease_ms: i64,
+    #[serde(skip)]
+    pub events: Vec<EventRecord>,
+}
+
+#[derive(Serialize)]
+struct EventRow<'a> {
+    transaction_id: Uuid,
+    #[serde(flatten)]
+    event: &'a EventRecord,
+}
+
+/// Rows are locked in id order first, so that batches and lease renewals, which
+/// touch overlapping sets of rows, never deadlock.
+const WRITE_BATCH: &str = "
+WITH x AS (
+    SELECT * FROM jsonb_to_recordset($1::jsonb)
+        AS x(id uuid, fence bigint, state text, progress jsonb, reason text, next_ms bigint, lease_ms bigint)),
+lk AS (
+    SELECT t.id FROM transactions t JOIN x ON t.id = x.id AND t.fence = x.fence
+     ORDER BY t.id FOR UPDATE OF t),
+t AS (
+    UPDATE transactions t
+       SET state = x.state, progress = x.progress, reason = x.reason,
+           next_attempt_at = to_timestamp(x.next_ms / 1000.0), updated_at = now(),
+           lease_until = now() + (x.lease_ms * interval '1 millisecond')
+      FROM x
+     WHERE t.id = x.id AND t.fence = x.fence AND t.id IN (SELECT id FROM lk)
+ RETURNING t.id, t.cancel_requested),
+e AS (
+    INSERT INTO events (transaction_id, kind, step, phase, attempt, status_code, error, duration_ms, actor, detail)
+    SELECT ev.transaction_id, ev.kind, ev.step, ev.phase, ev.attempt, ev.status_code, ev.error, ev.duration_ms, ev.actor, ev.detail
+      FROM jsonb_to_recordset($2::jsonb) AS ev(transaction_id uuid, kind text, step text, phase text, attempt int,
+           status_code int, error text, duration_ms int, actor text, detail jsonb)
+      JOIN t ON t.id = ev.transaction_id)
+SELECT id, cancel_requested FROM t";
+
+/// Writes every state in one statement (one commit) and says, per write in order,
+/// whether it landed or its fence was stale.
+pub async fn write(pool: &Pool, writes: &[StateWrite]) -> Result<Vec<Written>> {
+    let client = pool.get().await?;
+    let stmt = client.prepare_cached(WRITE_BATCH).await?;
+    let states = serde_json::to_value(writes).unwrap_or(Value::Array(vec![]));
+    let events: Vec<EventRow> = writes
+        .iter()
+        .flat_map(|w| w.events.iter().map(|event| EventRow { transaction_id: w.id, event }))
+        .collect();
+    let events = serde_json::to_value(&events).unwrap_or(Value::Array(vec![]));
+    let rows = client.query(&stmt, &[&states, &events]).await?;
+    let landed: std::collections::HashMap<Uuid, bool> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    Ok(writes
+        .iter()
+        .map(|w| match landed.get(&w.id) {
+            Some(&cancel_requested) => Written::Ok { cancel_requested },
+            None => Written::OwnershipLost,
+        })
+        .collect())
+}
