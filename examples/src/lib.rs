@@ -25,6 +25,7 @@ use settle_participant::barrier::Barrier;
 use settle_participant::signature::Verifier;
 use tokio_postgres::NoTls;
 
+pub mod bank;
 mod http;
 pub mod inventory;
 pub mod ledger;

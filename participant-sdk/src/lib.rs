@@ -1,5 +1,6 @@
 //! Participant SDK for Settle: the wire protocol, a coordinator client, actix-web
-//! helpers for participant endpoints, request signing and the idempotency barrier.
+//! helpers for participant endpoints, request signing, the idempotency barrier and an
+//! XA-style two-phase-commit participant on Postgres.
 //!
 //! A participant endpoint is an actix-web handler that takes a
 //! [`participant::ParticipantCall`] (read, signature-checked, parsed), runs its
@@ -53,6 +54,12 @@
 //! }
 //! ```
 //!
+//! Two-phase commit and TCC branches work the same way with
+//! [`participant::BranchRequest`]: the barrier's `prepare` / `commit` / `abort` (TCC
+//! `try_` / `confirm` / `cancel`) guard effects that commit locally, and
+//! [`xa::XaParticipant`] keeps a prepared branch's work in a Postgres prepared
+//! transaction (`PREPARE TRANSACTION`) until the decision arrives.
+//!
 //! The coordinator side is [`client::CoordinatorClient`].
 
 pub mod api;
@@ -61,3 +68,4 @@ pub mod client;
 pub mod participant;
 pub mod protocol;
 pub mod signature;
+pub mod xa;

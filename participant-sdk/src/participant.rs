@@ -1,6 +1,7 @@
-//! actix-web helpers for participant endpoints: the [`ParticipantCall`] extractor that
-//! reads, verifies and parses a coordinator call, and the [`Reply`] a handler answers
-//! with, mapped to the status codes of the participant contract (DESIGN.md §3).
+//! actix-web helpers for participant endpoints: the [`ParticipantCall`] (saga) and
+//! [`BranchRequest`] (2PC / TCC) extractors that read, verify and parse a coordinator
+//! call, and the [`Reply`] a handler answers with, mapped to the status codes of the
+//! participant contract (DESIGN.md §3, §4).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -10,11 +11,14 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::{dev, web, FromRequest, HttpRequest, HttpResponse, Responder, ResponseError};
 use futures_util::StreamExt;
+use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::api::Problem;
-use crate::protocol::{CallRequest, IDEMPOTENCY_KEY_HEADER, SIGNATURE_HEADER, TRACEPARENT_HEADER};
+use crate::protocol::{
+    BranchCall, CallRequest, IDEMPOTENCY_KEY_HEADER, SIGNATURE_HEADER, TRACEPARENT_HEADER,
+};
 use crate::signature::{self, Verifier};
 
 /// The largest call body [`ParticipantCall`] reads: 1 MiB.
@@ -143,27 +147,152 @@ impl ParticipantCall {
         body: &[u8],
         verifier: Option<&Verifier>,
     ) -> Result<Self> {
-        if let Some(verifier) = verifier {
-            let header = header_str(request, SIGNATURE_HEADER);
-            verifier.verify(header.as_deref(), body, signature::now_unix())?;
-        }
-        let call: CallRequest = serde_json::from_slice(body)?;
-        let idempotency_key = header_str(request, IDEMPOTENCY_KEY_HEADER);
-        if let Some(key) = &idempotency_key {
-            let expected = call.idempotency_key();
-            if *key != expected {
-                return Err(Error::KeyMismatch {
-                    header: key.clone(),
-                    expected,
-                });
-            }
-        }
-        Ok(ParticipantCall {
-            call,
-            idempotency_key,
-            traceparent: header_str(request, TRACEPARENT_HEADER),
-        })
+        check(request, body, verifier).map(Self::checked)
     }
+}
+
+impl ParticipantCall {
+    fn checked(checked: Checked<CallRequest>) -> Self {
+        ParticipantCall {
+            call: checked.call,
+            idempotency_key: checked.idempotency_key,
+            traceparent: checked.traceparent,
+        }
+    }
+}
+
+impl FromRequest for ParticipantCall {
+    type Error = Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self>>>>;
+
+    fn from_request(request: &HttpRequest, payload: &mut dev::Payload) -> Self::Future {
+        let read = extract::<CallRequest>(request.clone(), payload.take());
+        Box::pin(async move { read.await.map(Self::checked) })
+    }
+}
+
+/// A coordinator's 2PC / TCC call to a branch endpoint (`prepare_url`, `commit_url`
+/// or `abort_url`), read and checked exactly like a [`ParticipantCall`]: body limit,
+/// `Settle-Signature` when a `web::Data<Verifier>` is registered, an `Idempotency-Key`
+/// that must name this call, and the same problem+json rejections.
+///
+/// ```
+/// use actix_web::{web, App};
+/// use settle_participant::participant::{BranchRequest, Reply};
+///
+/// async fn commit(request: BranchRequest) -> Reply {
+///     Reply::Done(serde_json::json!({ "committed": request.call.branch }))
+/// }
+///
+/// let app = App::new().route("/commit", web::post().to(commit));
+/// ```
+#[derive(Debug, Clone)]
+pub struct BranchRequest {
+    /// The parsed call body.
+    pub call: BranchCall,
+    /// The `Idempotency-Key` header, when the caller sent one; it equals
+    /// `call.idempotency_key()`.
+    pub idempotency_key: Option<String>,
+    /// The W3C `traceparent` header, when the caller sent one.
+    pub traceparent: Option<String>,
+}
+
+impl BranchRequest {
+    /// Checks and parses a branch call from its headers and raw body.
+    ///
+    /// ```
+    /// use actix_web::test::TestRequest;
+    /// use settle_participant::participant::BranchRequest;
+    /// use settle_participant::protocol::BranchPhase;
+    ///
+    /// let body = br#"{"transaction_id":"0190b6c2-5a1e-7000-8000-000000000001","branch":"debit",
+    ///   "phase":"commit","attempt":1,"payload":{"account":"alice","delta":-10}}"#;
+    /// let request = TestRequest::post()
+    ///     .insert_header(("Idempotency-Key", "0190b6c2-5a1e-7000-8000-000000000001:debit:commit"))
+    ///     .to_http_request();
+    /// let call = BranchRequest::from_parts(&request, body, None).unwrap();
+    /// assert_eq!(call.call.phase, BranchPhase::Commit);
+    /// ```
+    pub fn from_parts(
+        request: &HttpRequest,
+        body: &[u8],
+        verifier: Option<&Verifier>,
+    ) -> Result<Self> {
+        check(request, body, verifier).map(Self::checked)
+    }
+}
+
+impl BranchRequest {
+    fn checked(checked: Checked<BranchCall>) -> Self {
+        BranchRequest {
+            call: checked.call,
+            idempotency_key: checked.idempotency_key,
+            traceparent: checked.traceparent,
+        }
+    }
+}
+
+impl FromRequest for BranchRequest {
+    type Error = Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self>>>>;
+
+    fn from_request(request: &HttpRequest, payload: &mut dev::Payload) -> Self::Future {
+        let read = extract::<BranchCall>(request.clone(), payload.take());
+        Box::pin(async move { read.await.map(Self::checked) })
+    }
+}
+
+/// A call body the coordinator sends: it names itself in `Idempotency-Key`.
+trait CallBody: DeserializeOwned {
+    fn idempotency_key(&self) -> String;
+}
+
+impl CallBody for CallRequest {
+    fn idempotency_key(&self) -> String {
+        CallRequest::idempotency_key(self)
+    }
+}
+
+impl CallBody for BranchCall {
+    fn idempotency_key(&self) -> String {
+        BranchCall::idempotency_key(self)
+    }
+}
+
+/// A call body with the headers that came with it, signature and key checked.
+struct Checked<T> {
+    call: T,
+    idempotency_key: Option<String>,
+    traceparent: Option<String>,
+}
+
+/// Verifies the signature (when there is a verifier), parses the body and checks that
+/// an `Idempotency-Key` header, when present, names this call.
+fn check<T: CallBody>(
+    request: &HttpRequest,
+    body: &[u8],
+    verifier: Option<&Verifier>,
+) -> Result<Checked<T>> {
+    if let Some(verifier) = verifier {
+        let header = header_str(request, SIGNATURE_HEADER);
+        verifier.verify(header.as_deref(), body, signature::now_unix())?;
+    }
+    let call: T = serde_json::from_slice(body)?;
+    let idempotency_key = header_str(request, IDEMPOTENCY_KEY_HEADER);
+    if let Some(key) = &idempotency_key {
+        let expected = call.idempotency_key();
+        if *key != expected {
+            return Err(Error::KeyMismatch {
+                header: key.clone(),
+                expected,
+            });
+        }
+    }
+    Ok(Checked {
+        call,
+        idempotency_key,
+        traceparent: header_str(request, TRACEPARENT_HEADER),
+    })
 }
 
 /// A header's value as text; a value that is not visible ASCII counts as given but
@@ -175,34 +304,30 @@ fn header_str(request: &HttpRequest, name: &str) -> Option<String> {
         .map(|value| value.to_str().unwrap_or_default().to_owned())
 }
 
-impl FromRequest for ParticipantCall {
-    type Error = Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self>>>>;
-
-    fn from_request(request: &HttpRequest, payload: &mut dev::Payload) -> Self::Future {
-        let request = request.clone();
-        let mut payload = payload.take();
-        Box::pin(async move {
-            let declared = request
-                .headers()
-                .get(header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<usize>().ok());
-            if declared.is_some_and(|len| len > MAX_CALL_BODY) {
-                return Err(Error::BodyTooLarge);
-            }
-            let mut body = web::BytesMut::with_capacity(declared.unwrap_or(4096));
-            while let Some(chunk) = payload.next().await {
-                let chunk = chunk.map_err(|e| Error::Read(e.to_string()))?;
-                if body.len() + chunk.len() > MAX_CALL_BODY {
-                    return Err(Error::BodyTooLarge);
-                }
-                body.extend_from_slice(&chunk);
-            }
-            let verifier = request.app_data::<web::Data<Verifier>>();
-            ParticipantCall::from_parts(&request, &body, verifier.map(|v| v.get_ref()))
-        })
+/// Reads the body (at most [`MAX_CALL_BODY`]) and checks it with the `Verifier` the
+/// app registered, if any.
+async fn extract<T: CallBody>(
+    request: HttpRequest,
+    mut payload: dev::Payload,
+) -> Result<Checked<T>> {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > MAX_CALL_BODY) {
+        return Err(Error::BodyTooLarge);
     }
+    let mut body = web::BytesMut::with_capacity(declared.unwrap_or(4096));
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| Error::Read(e.to_string()))?;
+        if body.len() + chunk.len() > MAX_CALL_BODY {
+            return Err(Error::BodyTooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let verifier = request.app_data::<web::Data<Verifier>>();
+    check(&request, &body, verifier.map(|v| v.get_ref()))
 }
 
 /// What a participant endpoint answers, in the terms of the participant contract.
@@ -291,16 +416,47 @@ impl ResponseError for crate::barrier::Error {
     }
 
     fn error_response(&self) -> HttpResponse {
-        if let crate::barrier::Error::PhaseMismatch { .. } = self {
-            return problem_response(StatusCode::BAD_REQUEST, "malformed_call", self.to_string());
+        match self {
+            crate::barrier::Error::PhaseMismatch { .. } => wrong_phase_response(self),
+            _ => participant_error_response(self),
         }
-        tracing::error!(error = %error_chain(self), "participant call failed");
-        problem_response(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "participant_error",
-            "the participant could not process the call; it is safe to retry",
-        )
     }
+}
+
+/// An XA participant failure answers like a barrier failure: 400 `malformed_call` for
+/// a call sent to the wrong endpoint, else 500 `participant_error` (the coordinator
+/// retries) with a generic detail and the cause chain in the log.
+impl ResponseError for crate::xa::Error {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            crate::xa::Error::PhaseMismatch { .. } => StatusCode::BAD_REQUEST,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        match self {
+            crate::xa::Error::PhaseMismatch { .. } => wrong_phase_response(self),
+            _ => participant_error_response(self),
+        }
+    }
+}
+
+/// 400 `malformed_call` for a call that reached the endpoint of another phase.
+fn wrong_phase_response(error: &dyn std::error::Error) -> HttpResponse {
+    tracing::warn!(error = %error, "rejected a participant call");
+    problem_response(StatusCode::BAD_REQUEST, "malformed_call", error.to_string())
+}
+
+/// 500 `participant_error`: the cause chain goes to the log, the body only says that
+/// a retry is safe.
+fn participant_error_response(error: &dyn std::error::Error) -> HttpResponse {
+    tracing::error!(error = %error_chain(error), "participant call failed");
+    problem_response(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "participant_error",
+        "the participant could not process the call; it is safe to retry",
+    )
 }
 
 /// An error and its sources on one line, for logs.
@@ -473,6 +629,107 @@ mod tests {
                 expected
             );
         }
+    }
+
+    const BRANCH_BODY: &[u8] = br#"{"transaction_id":"0190b6c2-5a1e-7000-8000-000000000001","branch":"debit","phase":"prepare","attempt":1,"payload":{"account":"alice","delta":-10}}"#;
+    const BRANCH_KEY: &str = "0190b6c2-5a1e-7000-8000-000000000001:debit:prepare";
+
+    async fn extract_branch(request: TestRequest) -> Result<BranchRequest> {
+        let (request, mut payload) = request.to_http_parts();
+        BranchRequest::from_request(&request, &mut payload).await
+    }
+
+    #[actix_web::test]
+    async fn extracts_a_signed_branch_call_with_its_headers() {
+        let verifier = web::Data::new(Verifier::new(vec![b"secret".to_vec()]));
+        let request = TestRequest::post()
+            .app_data(verifier)
+            .insert_header((
+                SIGNATURE_HEADER,
+                sign(b"secret", signature::now_unix(), BRANCH_BODY),
+            ))
+            .insert_header((IDEMPOTENCY_KEY_HEADER, BRANCH_KEY))
+            .insert_header((
+                TRACEPARENT_HEADER,
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            ))
+            .set_payload(BRANCH_BODY);
+        let call = extract_branch(request).await.unwrap();
+        assert_eq!(call.call.phase, crate::protocol::BranchPhase::Prepare);
+        assert_eq!(call.call.payload["account"], "alice");
+        assert_eq!(call.idempotency_key.as_deref(), Some(BRANCH_KEY));
+        assert!(call.traceparent.is_some());
+    }
+
+    #[actix_web::test]
+    async fn rejects_a_badly_signed_branch_call_with_401_bad_signature() {
+        let verifier = web::Data::new(Verifier::new(vec![b"secret".to_vec()]));
+        let request = TestRequest::post()
+            .app_data(verifier)
+            .insert_header((
+                SIGNATURE_HEADER,
+                sign(b"wrong", signature::now_unix(), BRANCH_BODY),
+            ))
+            .set_payload(BRANCH_BODY);
+        let error = extract_branch(request).await.unwrap_err();
+        let (status, content_type, problem) = problem_of(error.error_response()).await;
+        assert_eq!(status, 401);
+        assert_eq!(content_type.as_deref(), Some(PROBLEM_JSON));
+        assert_eq!(problem.code, "bad_signature");
+    }
+
+    #[actix_web::test]
+    async fn rejects_a_branch_call_whose_key_names_another_phase() {
+        let request = TestRequest::post()
+            .insert_header((
+                IDEMPOTENCY_KEY_HEADER,
+                "0190b6c2-5a1e-7000-8000-000000000001:debit:commit",
+            ))
+            .set_payload(BRANCH_BODY);
+        let error = extract_branch(request).await.unwrap_err();
+        assert!(matches!(error, Error::KeyMismatch { .. }), "{error}");
+        assert_eq!(error.status_code(), StatusCode::BAD_REQUEST);
+    }
+
+    #[actix_web::test]
+    async fn a_saga_call_is_not_a_branch_call_and_the_other_way_round() {
+        let error = extract_branch(TestRequest::post().set_payload(BODY))
+            .await
+            .unwrap_err();
+        let (status, _, problem) = problem_of(error.error_response()).await;
+        assert_eq!((status, problem.code.as_str()), (400, "malformed_call"));
+        let error = extract(TestRequest::post().set_payload(BRANCH_BODY))
+            .await
+            .unwrap_err();
+        assert!(matches!(error, Error::Malformed(_)), "{error}");
+    }
+
+    #[actix_web::test]
+    async fn rejects_a_branch_body_over_one_mebibyte_with_413() {
+        let big = vec![b' '; MAX_CALL_BODY + 1];
+        let error = extract_branch(TestRequest::post().set_payload(big))
+            .await
+            .unwrap_err();
+        assert_eq!(error.status_code(), StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    #[actix_web::test]
+    async fn xa_failures_answer_500_without_internal_text_and_wrong_phases_400() {
+        let error = crate::xa::Error::Effect("relation \"secret_table\" does not exist".into());
+        let (status, _, problem) = problem_of(error.error_response()).await;
+        assert_eq!((status, problem.code.as_str()), (500, "participant_error"));
+        assert!(
+            !problem.detail.contains("secret_table"),
+            "{}",
+            problem.detail
+        );
+
+        let error = crate::xa::Error::PhaseMismatch {
+            endpoint: crate::protocol::BranchPhase::Commit,
+            got: crate::protocol::BranchPhase::Abort,
+        };
+        let (status, _, problem) = problem_of(error.error_response()).await;
+        assert_eq!((status, problem.code.as_str()), (400, "malformed_call"));
     }
 
     #[actix_web::test]

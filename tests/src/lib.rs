@@ -4,6 +4,7 @@
 
 pub mod coordinator;
 pub mod db;
+pub mod pg_cluster;
 pub mod redis_server;
 pub mod scripted;
 
