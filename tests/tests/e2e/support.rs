@@ -18,10 +18,18 @@ pub struct World {
 
 impl World {
     pub async fn start() -> World {
+        Self::start_with(|_| {}).await
+    }
+
+    /// With settings adjusted for the test (short retry budgets, say).
+    pub async fn start_with(
+        adjust: impl FnOnce(&mut settle_coordinator::settings::Settings),
+    ) -> World {
         redis_server::require_shared().await;
         let db = TestDatabase::create().await;
-        let coordinator =
-            TestCoordinator::start(test_settings(&db.url, redis_server::SHARED)).await;
+        let mut settings = test_settings(&db.url, redis_server::SHARED);
+        adjust(&mut settings);
+        let coordinator = TestCoordinator::start(settings).await;
         let participant = ScriptedParticipant::start().await;
         World {
             db,
