@@ -327,8 +327,14 @@ impl Raw {
         })?;
         positive("server.max_body_bytes", self.server.max_body_bytes)?;
         positive("database.pool_size", self.database.pool_size)?;
-        positive("coordinator.write_batch_max", self.coordinator.write_batch_max)?;
-        positive("coordinator.write_concurrency", self.coordinator.write_concurrency)?;
+        positive(
+            "coordinator.write_batch_max",
+            self.coordinator.write_batch_max,
+        )?;
+        positive(
+            "coordinator.write_concurrency",
+            self.coordinator.write_concurrency,
+        )?;
         positive(
             "participants.max_response_bytes",
             self.participants.max_response_bytes,

@@ -23,7 +23,12 @@ pub(super) struct Writer {
 impl Writer {
     /// Starts the batching loop on `runtime`: at most `max_batch` writes per
     /// statement and `concurrency` statements under way at once.
-    pub fn start(pool: Pool, max_batch: usize, concurrency: usize, runtime: &tokio::runtime::Handle) -> Writer {
+    pub fn start(
+        pool: Pool,
+        max_batch: usize,
+        concurrency: usize,
+        runtime: &tokio::runtime::Handle,
+    ) -> Writer {
         let (queue, mut pending) = mpsc::unbounded_channel::<Pending>();
         let slots = Arc::new(Semaphore::new(concurrency.max(1)));
         runtime.spawn(async move {
@@ -56,13 +61,16 @@ impl Writer {
     /// Queues a write and waits until it is durable (or refused by its fence).
     pub async fn write(&self, write: StateWrite) -> store::Result<Written> {
         let (done, answer) = oneshot::channel();
-        self.queue.send(Pending { write, done }).map_err(|_| store::Error::Stopped)?;
+        self.queue
+            .send(Pending { write, done })
+            .map_err(|_| store::Error::Stopped)?;
         answer.await.map_err(|_| store::Error::Stopped)?
     }
 }
 
 async fn commit(pool: &Pool, batch: Vec<Pending>) {
-    let (writes, waiting): (Vec<StateWrite>, Vec<_>) = batch.into_iter().map(|p| (p.write, p.done)).unzip();
+    let (writes, waiting): (Vec<StateWrite>, Vec<_>) =
+        batch.into_iter().map(|p| (p.write, p.done)).unzip();
     match batch::write(pool, &writes).await {
         Ok(results) => {
             for (done, result) in waiting.into_iter().zip(results) {

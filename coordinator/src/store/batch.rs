@@ -66,11 +66,17 @@ pub async fn write(pool: &Pool, writes: &[StateWrite]) -> Result<Vec<Written>> {
     let states = serde_json::to_value(writes).unwrap_or(Value::Array(vec![]));
     let events: Vec<EventRow> = writes
         .iter()
-        .flat_map(|w| w.events.iter().map(|event| EventRow { transaction_id: w.id, event }))
+        .flat_map(|w| {
+            w.events.iter().map(|event| EventRow {
+                transaction_id: w.id,
+                event,
+            })
+        })
         .collect();
     let events = serde_json::to_value(&events).unwrap_or(Value::Array(vec![]));
     let rows = client.query(&stmt, &[&states, &events]).await?;
-    let landed: std::collections::HashMap<Uuid, bool> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let landed: std::collections::HashMap<Uuid, bool> =
+        rows.iter().map(|r| (r.get(0), r.get(1))).collect();
     Ok(writes
         .iter()
         .map(|w| match landed.get(&w.id) {
