@@ -290,3 +290,91 @@ async fn sagas_finish_and_recover_while_redis_is_down_and_readiness_says_degrade
     fraud.stop().await;
     shop.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_step_is_called_before_the_outcome_it_depends_on_is_durable() {
+    redis_server::require_shared().await;
+    let db = TestDatabase::create().await;
+    let participant = ScriptedParticipant::start().await;
+    let prefix = settle_tests::unique("batch-kill");
+    let mut first =
+        CoordinatorProcess::spawn(SETTLE_BIN, &db.url, redis_server::SHARED, &prefix, &[]).await;
+    let steps: Vec<Value> = (1..=4)
+        .map(|k| json!({ "name": format!("s{k}"), "action": { "url": participant.url(&format!("/s{k}")) } }))
+        .collect();
+    first
+        .client
+        .register_definition(
+            "chain",
+            &json!({ "name": "chain", "steps": steps }).to_string(),
+            "application/json",
+        )
+        .await
+        .unwrap();
+    // Closed-loop clients keep many sagas in flight, so that group commits carry many
+    // outcomes at once when the process dies.
+    let load: Vec<_> = (0..8)
+        .map(|_| {
+            let client = first.client.clone();
+            tokio::spawn(async move {
+                for _ in 0..10_000 {
+                    if client
+                        .start_saga("chain", json!({}), None, None)
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            })
+        })
+        .collect();
+    settle_tests::eventually("load to build up", Duration::from_secs(30), || async {
+        (participant.calls().len() >= 400).then_some(())
+    })
+    .await;
+    first.kill9();
+    for task in load {
+        let _ = task.await;
+    }
+    // What the database holds now is exactly what was durable when the process died.
+    let rows = db
+        .client()
+        .await
+        .query("SELECT id, progress FROM transactions", &[])
+        .await
+        .unwrap();
+    let durable: std::collections::HashMap<Uuid, Value> =
+        rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let mut checked = 0;
+    for call in participant.calls() {
+        let request = call.saga_call();
+        let k: usize = request.step[1..].parse().unwrap();
+        let progress = &durable[&request.transaction_id];
+        let status = |i: usize| {
+            progress["steps"][i - 1]["status"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        };
+        assert_ne!(
+            status(k),
+            "pending",
+            "s{k} of {} was called before its start was durable",
+            request.transaction_id
+        );
+        if k > 1 {
+            assert_eq!(
+                status(k - 1),
+                "succeeded",
+                "s{k} of {} was called before s{} succeeded durably",
+                request.transaction_id,
+                k - 1
+            );
+        }
+        checked += 1;
+    }
+    assert!(checked >= 400);
+    participant.stop().await;
+    redis_server::clean_prefix(&prefix).await;
+}
