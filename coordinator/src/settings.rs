@@ -110,6 +110,9 @@ pub struct ParticipantSettings {
     pub signing_secret: Option<Secret>,
     /// Largest participant response body read (a step's output).
     pub max_response_bytes: usize,
+    /// Participant calls under way at once, across all transactions; more wait
+    /// their turn. Bounds sockets and memory when many transactions are in flight.
+    pub max_concurrent_calls: usize,
     /// Idle keep-alive connections kept per participant host.
     pub pool_idle_per_host: usize,
 }
@@ -206,6 +209,7 @@ struct RawCoordinator {
 struct RawParticipants {
     signing_secret: String,
     max_response_bytes: usize,
+    max_concurrent_calls: usize,
     pool_idle_per_host: usize,
 }
 
@@ -267,6 +271,7 @@ impl Default for RawParticipants {
         RawParticipants {
             signing_secret: String::new(),
             max_response_bytes: 1024 * 1024,
+            max_concurrent_calls: 512,
             pool_idle_per_host: 64,
         }
     }
@@ -327,6 +332,10 @@ impl Raw {
         })?;
         positive("server.max_body_bytes", self.server.max_body_bytes)?;
         positive("database.pool_size", self.database.pool_size)?;
+        positive(
+            "participants.max_concurrent_calls",
+            self.participants.max_concurrent_calls,
+        )?;
         positive(
             "coordinator.write_batch_max",
             self.coordinator.write_batch_max,
@@ -411,6 +420,7 @@ impl Raw {
                 signing_secret: (!self.participants.signing_secret.is_empty())
                     .then(|| Secret::new(self.participants.signing_secret)),
                 max_response_bytes: self.participants.max_response_bytes,
+                max_concurrent_calls: self.participants.max_concurrent_calls,
                 pool_idle_per_host: self.participants.pool_idle_per_host,
             },
             log: LogSettings {

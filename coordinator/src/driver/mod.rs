@@ -70,6 +70,8 @@ pub struct Driver {
     runtime: tokio::runtime::Handle,
     epoch: Instant,
     writer: writer::Writer,
+    /// Permits for participant calls under way (`participants.max_concurrent_calls`).
+    calls: Arc<tokio::sync::Semaphore>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +117,9 @@ impl Driver {
             &tokio::runtime::Handle::current(),
         );
         Ok(Arc::new(Driver {
+            calls: Arc::new(tokio::sync::Semaphore::new(
+                settings.participants.max_concurrent_calls,
+            )),
             writer,
             pool,
             locks,
