@@ -2,78 +2,27 @@
 //! actions, refusals and concurrent action/compensation pairs. Each test makes its
 //! own database and drops it afterwards; a missing Postgres fails the test.
 
-use std::future::Future;
-use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use futures_util::FutureExt;
 use serde_json::{json, Map, Value};
 use settle_participant::barrier::{self, Barrier, HANGING_ACTION};
 use settle_participant::participant::Reply;
 use settle_participant::protocol::{CallRequest, Phase};
 use tokio::sync::Notify;
-use tokio_postgres::{Client, NoTls, Transaction};
+use tokio_postgres::{Client, Transaction};
 use uuid::Uuid;
 
-/// The server's URL without a database name.
-fn server() -> String {
-    std::env::var("SETTLE_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned())
-}
+mod common;
 
-async fn connect(dbname: &str) -> Client {
-    let params = format!("{}/{dbname}", server());
-    let (client, connection) = tokio_postgres::connect(&params, NoTls)
-        .await
-        .unwrap_or_else(|e| panic!("PostgreSQL must be running for these tests ({params}): {e}"));
-    tokio::spawn(connection);
-    client
-}
+use common::connect;
 
-const LEDGER: &str = "
-CREATE TABLE ledger (
-    transaction_id uuid NOT NULL,
-    step text NOT NULL,
-    phase text NOT NULL,
-    amount bigint NOT NULL
-);";
-
-/// Runs `test` against a fresh database holding a barrier in schema `shop` and an
-/// empty `ledger`, then drops the database, also when `test` panics.
 async fn with_database<F, Fut>(test: F)
 where
     F: FnOnce(String) -> Fut,
-    Fut: Future<Output = ()>,
+    Fut: std::future::Future<Output = ()>,
 {
-    let name = format!("barrier_test_{}", Uuid::new_v4().simple());
-    let admin = connect("postgres").await;
-    admin
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .expect("creating the test database");
-    {
-        let db = connect(&name).await;
-        let barrier = Barrier::new("shop").unwrap();
-        barrier
-            .ensure_table(&db)
-            .await
-            .expect("creating the barrier table");
-        // Idempotent: a second set-up changes nothing.
-        barrier
-            .ensure_table(&db)
-            .await
-            .expect("re-running the set-up");
-        db.batch_execute(LEDGER).await.expect("creating the ledger");
-    }
-    let outcome = AssertUnwindSafe(test(name.clone())).catch_unwind().await;
-    admin
-        .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
-        .await
-        .expect("dropping the test database");
-    if let Err(panic) = outcome {
-        std::panic::resume_unwind(panic);
-    }
+    common::with_database("barrier_test", "shop", "step", test).await
 }
 
 fn call(transaction_id: Uuid, phase: Phase, attempt: u32) -> CallRequest {
