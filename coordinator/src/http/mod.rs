@@ -153,6 +153,27 @@ pub fn parse_wait(text: Option<&str>, max: Duration) -> Result<Option<Duration>,
     Ok(Some(d))
 }
 
+/// Reads a transaction of `kind` (`saga` or `twopc`), waiting for it to settle when
+/// asked to; any other kind, or none, is a 404 with `not_found_code`.
+pub async fn fetch(
+    state: &AppState,
+    id: uuid::Uuid,
+    kind: &str,
+    wait: Option<Duration>,
+    not_found_code: &'static str,
+) -> Result<crate::store::transactions::TransactionRow, ApiError> {
+    let row = match wait {
+        Some(w) => state.driver.wait(id, std::time::Instant::now() + w).await?,
+        None => crate::store::transactions::get(&state.pool, id).await?,
+    };
+    row.filter(|r| r.kind == kind).ok_or_else(|| {
+        ApiError::not_found(
+            not_found_code,
+            format!("no {kind} transaction with id {id}"),
+        )
+    })
+}
+
 pub fn json<T: serde::Serialize>(status: actix_web::http::StatusCode, body: &T) -> HttpResponse {
     HttpResponse::build(status).json(body)
 }

@@ -1,7 +1,5 @@
 //! `/v1/sagas`: start (idempotent, optionally waiting), read, and cancel sagas.
 
-use std::time::Instant;
-
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
@@ -9,9 +7,8 @@ use settle_participant::api::StartSaga;
 use uuid::Uuid;
 
 use super::error::ApiError;
-use super::{parse_wait, views, AppState, API_ACTOR};
+use super::{fetch, parse_wait, views, AppState, API_ACTOR};
 use crate::driver::Started;
-use crate::store;
 
 const MAX_IDEMPOTENCY_KEY: usize = 200;
 
@@ -52,13 +49,7 @@ async fn respond(
     wait: Option<std::time::Duration>,
     status: StatusCode,
 ) -> Result<HttpResponse, ApiError> {
-    let row = match wait {
-        Some(w) => state.driver.wait(id, Instant::now() + w).await?,
-        None => store::transactions::get(&state.pool, id).await?,
-    };
-    let row = row
-        .filter(|r| r.kind == "saga")
-        .ok_or_else(|| ApiError::not_found("saga_not_found", format!("no saga with id {id}")))?;
+    let row = fetch(state, id, "saga", wait, "saga_not_found").await?;
     Ok(HttpResponse::build(status)
         .insert_header((header::LOCATION, format!("/v1/sagas/{id}")))
         .json(views::saga(row)?))

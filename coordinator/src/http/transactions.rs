@@ -1,7 +1,5 @@
 //! `/v1/transactions`: two-phase commit (one-shot) and TCC (interactive) transactions.
 
-use std::time::Instant;
-
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
 use settle_participant::api::{NewBranch, NewTransaction};
@@ -9,7 +7,7 @@ use uuid::Uuid;
 
 use super::error::ApiError;
 use super::sagas::{idempotency_key, WaitQuery};
-use super::{parse_wait, views, AppState, API_ACTOR};
+use super::{fetch, parse_wait, views, AppState, API_ACTOR};
 use crate::driver::{self, Closed, Started};
 use crate::machine::twopc::Verdict;
 use crate::store::{self, twopc::Registered};
@@ -20,16 +18,7 @@ async fn respond(
     wait: Option<std::time::Duration>,
     status: StatusCode,
 ) -> Result<HttpResponse, ApiError> {
-    let row = match wait {
-        Some(w) => state.driver.wait(id, Instant::now() + w).await?,
-        None => store::transactions::get(&state.pool, id).await?,
-    };
-    let row = row.filter(|r| r.kind == "twopc").ok_or_else(|| {
-        ApiError::not_found(
-            "transaction_not_found",
-            format!("no transaction with id {id}"),
-        )
-    })?;
+    let row = fetch(state, id, "twopc", wait, "transaction_not_found").await?;
     let branches = if row.state == "active" {
         store::twopc::branches(&state.pool, id).await?
     } else {
