@@ -192,3 +192,71 @@ pub struct TransactionBranch {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_attempt_at: Option<String>,
 }
+
+/// One row of the operators' list, `GET /v1/admin/transactions`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AdminTransaction {
+    pub id: Uuid,
+    /// `saga` or `twopc`.
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub definition: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<i32>,
+    pub state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<String>,
+}
+
+/// A page of the operators' list, newest first, with counts per state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AdminPage {
+    pub items: Vec<AdminTransaction>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+    /// Transactions per state over the whole table (the stuck count is the to-do list).
+    pub counts: std::collections::BTreeMap<String, i64>,
+}
+
+/// One entry of a transaction's timeline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TimelineEvent {
+    pub at: String,
+    /// `started`, `attempt`, `compensating`, `completed`, `recovered`, `stuck`, …
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<i32>,
+    /// The instance or the client that acted.
+    pub actor: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<Value>,
+}
+
+/// `GET /v1/admin/transactions/{id}`: the transaction as its own endpoint shows it,
+/// plus the full timeline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AdminDetail {
+    pub summary: AdminTransaction,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub saga: Option<Saga>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transaction: Option<Transaction>,
+    pub events: Vec<TimelineEvent>,
+}

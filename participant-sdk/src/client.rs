@@ -18,8 +18,8 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::api::{
-    NewBranch, NewTransaction, Problem, Saga, SagaDefinition, SagaDefinitionSummary, StartSaga,
-    Transaction,
+    AdminDetail, AdminPage, NewBranch, NewTransaction, Problem, Saga, SagaDefinition,
+    SagaDefinitionSummary, StartSaga, Transaction,
 };
 use crate::protocol::IDEMPOTENCY_KEY_HEADER;
 
@@ -461,6 +461,39 @@ impl CoordinatorClient {
     }
 
     /// A request to `base/segments...`, each segment percent-encoded.
+    /// The operators' list (`GET /v1/admin/transactions`), filtered by query pairs such
+    /// as `("state", "stuck")`, `("kind", "saga")`, `("older_than", "5m")`, `("limit", "50")`
+    /// and `("cursor", page.next_cursor)`.
+    ///
+    /// ```no_run
+    /// # async fn run(client: settle_participant::client::CoordinatorClient) -> Result<(), settle_participant::client::Error> {
+    /// let stuck = client.admin_list(&[("state", "stuck")]).await?;
+    /// for t in &stuck.items { println!("{} {} {:?}", t.id, t.state, t.reason); }
+    /// # Ok(()) }
+    /// ```
+    pub async fn admin_list(&self, query: &[(&str, &str)]) -> Result<AdminPage> {
+        let request = self
+            .request(Method::GET, &["v1", "admin", "transactions"])?
+            .query(query);
+        Ok(self.send(request).await?.0)
+    }
+
+    /// One transaction with its whole timeline (`GET /v1/admin/transactions/{id}`).
+    ///
+    /// ```no_run
+    /// # async fn run(client: settle_participant::client::CoordinatorClient, id: uuid::Uuid) -> Result<(), settle_participant::client::Error> {
+    /// let detail = client.admin_transaction(id).await?;
+    /// for e in &detail.events { println!("{} {} {:?}", e.at, e.kind, e.error); }
+    /// # Ok(()) }
+    /// ```
+    pub async fn admin_transaction(&self, id: Uuid) -> Result<AdminDetail> {
+        let request = self.request(
+            Method::GET,
+            &["v1", "admin", "transactions", &id.to_string()],
+        )?;
+        Ok(self.send(request).await?.0)
+    }
+
     fn request(&self, method: Method, segments: &[&str]) -> Result<RequestBuilder> {
         let mut url = self.base.clone();
         url.path_segments_mut()

@@ -1,5 +1,6 @@
 //! actix-web handlers and the wiring of routes, extractor limits and error shapes.
 
+pub mod admin;
 pub mod definitions;
 pub mod error;
 pub mod health;
@@ -84,7 +85,9 @@ pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceCon
                     .route(
                         "/transactions/{id}/abort",
                         web::post().to(transactions::abort),
-                    ),
+                    )
+                    .route("/admin/transactions", web::get().to(admin::list))
+                    .route("/admin/transactions/{id}", web::get().to(admin::detail)),
             )
             .default_service(web::to(not_found));
     }

@@ -15,6 +15,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "two_phase_commit",
         include_str!("../../../migrations/0002_two_phase_commit.sql"),
     ),
+    (
+        3,
+        "admin_listing",
+        include_str!("../../../migrations/0003_admin_listing.sql"),
+    ),
 ];
 
 /// Arbitrary constant naming Settle's migration lock.

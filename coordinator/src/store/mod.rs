@@ -1,6 +1,7 @@
 //! PostgreSQL access. Every write to a transaction's state is conditional on the
 //! writer's fence; a write that matches no row means the writer lost ownership.
 
+pub mod admin;
 pub mod batch;
 pub mod definitions;
 pub mod migrate;

@@ -1,6 +1,7 @@
 //! Settle's end-to-end tests, one binary: real coordinators (in process and as
 //! processes), real participant HTTP servers, real PostgreSQL and Redis.
 
+mod admin;
 mod api_errors;
 mod crash_recovery;
 mod definitions;
