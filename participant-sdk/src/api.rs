@@ -260,3 +260,22 @@ pub struct AdminDetail {
     pub transaction: Option<Transaction>,
     pub events: Vec<TimelineEvent>,
 }
+
+/// Body of an operator action such as `POST /v1/admin/transactions/{id}/retry`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OperatorAction {
+    /// Why, for the timeline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// The answer to an accepted operator action.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActionAccepted {
+    pub id: Uuid,
+    /// e.g. `retry`.
+    pub action: String,
+    /// The state the transaction moves to.
+    pub state: String,
+}

@@ -3,6 +3,7 @@
 //! keeps timers for retries; background loops renew leases and claim due work.
 
 mod call;
+mod operator;
 mod recovery;
 mod run;
 mod twopc;
@@ -34,6 +35,7 @@ use crate::store::{
 use workflow::{Event, SagaRun, Step, Workflow};
 
 pub use call::traceparent;
+pub use operator::Retried;
 pub use twopc::{branch_spec as twopc_branch_spec, CloseError, Closed, TxStartError};
 
 /// Messages to a running saga task.

@@ -23,6 +23,7 @@ pub(super) enum Event<C> {
     Tick,
     Reply { call: C, outcome: Outcome },
     Cancel,
+    OperatorRetry,
 }
 
 /// A machine decision in the loop's terms.
@@ -79,6 +80,7 @@ impl Workflow for SagaRun {
             Event::Resume => saga::Event::Resume,
             Event::Tick => saga::Event::Tick,
             Event::Cancel => saga::Event::Cancel,
+            Event::OperatorRetry => saga::Event::OperatorRetry,
             Event::Reply { call, outcome } => saga::Event::Reply {
                 step: call.step,
                 phase: call.phase,
@@ -97,6 +99,9 @@ impl Workflow for SagaRun {
                     saga::Transition::Completed => ("completed", None),
                     saga::Transition::Compensated => ("compensated", None),
                     saga::Transition::Stuck { reason } => ("stuck", Some(reason)),
+                    saga::Transition::Retrying => {
+                        ("compensating", Some("retried by an operator".into()))
+                    }
                 })
                 .collect(),
             close: None,
@@ -167,7 +172,7 @@ impl Workflow for TxRun {
         let event = match event {
             Event::Start => twopc::Event::Start,
             Event::Resume => twopc::Event::Resume,
-            Event::Tick | Event::Cancel => twopc::Event::Tick,
+            Event::Tick | Event::Cancel | Event::OperatorRetry => twopc::Event::Tick,
             Event::Reply { call, outcome } => twopc::Event::Reply {
                 branch: call.branch,
                 phase: call.phase,

@@ -6,11 +6,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
-use settle_participant::api::{AdminDetail, AdminPage, AdminTransaction, TimelineEvent};
+use settle_participant::api::{
+    ActionAccepted, AdminDetail, AdminPage, AdminTransaction, OperatorAction, TimelineEvent,
+};
 use uuid::Uuid;
 
 use super::error::ApiError;
-use super::{json, views, AppState};
+use super::{json, views, AppState, API_ACTOR};
+use crate::driver::Retried;
 use crate::store::{self, admin::Filter, admin::Listed};
 
 const MAX_LIMIT: i64 = 500;
@@ -207,4 +210,61 @@ pub async fn detail(
         events,
     };
     Ok(json(StatusCode::OK, &detail))
+}
+
+/// The longest note an operator can attach to an action.
+const MAX_NOTE: usize = 2000;
+
+/// The optional JSON body of an operator action; an empty body is no note.
+fn operator_action(body: &[u8]) -> Result<OperatorAction, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(OperatorAction::default());
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        if e.is_data() {
+            ApiError::unprocessable(
+                "invalid_body",
+                format!("the body does not match the schema: {e}"),
+            )
+        } else {
+            ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {e}"))
+        }
+    })
+}
+
+/// `POST /v1/admin/transactions/{id}/retry`: a stuck saga compensates again with a
+/// fresh retry budget (after the participant was fixed). 409 when it is not stuck.
+pub async fn retry(
+    state: web::Data<AppState>,
+    id: web::Path<Uuid>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let id = *id;
+    let note = operator_action(&body)?.note;
+    if note.as_ref().is_some_and(|n| n.len() > MAX_NOTE) {
+        return Err(ApiError::unprocessable(
+            "invalid_body",
+            format!("note: at most {MAX_NOTE} characters"),
+        )
+        .with_field("note"));
+    }
+    match state.driver.operator_retry(id, API_ACTOR, note.as_deref()).await? {
+        Retried::Now => Ok(json(
+            StatusCode::ACCEPTED,
+            &ActionAccepted {
+                id,
+                action: "retry".into(),
+                state: "compensating".into(),
+            },
+        )),
+        Retried::NotStuck(s) => Err(ApiError::conflict(
+            "not_stuck",
+            format!("the transaction is {s}; only a stuck saga can be retried (2PC transactions retry by themselves)"),
+        )),
+        Retried::Busy => Err(ApiError::conflict(
+            "transaction_busy",
+            "another coordinator instance holds this transaction right now; try again shortly",
+        )),
+        Retried::NotFound => Err(ApiError::not_found("transaction_not_found", format!("no transaction with id {id}"))),
+    }
 }

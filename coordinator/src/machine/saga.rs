@@ -95,6 +95,9 @@ pub enum Event {
     },
     /// Someone asked to cancel: a running saga compensates.
     Cancel,
+    /// An operator fixed what made the saga stuck: compensation resumes with a
+    /// fresh retry budget.
+    OperatorRetry,
 }
 
 /// A participant call the driver must make.
@@ -108,10 +111,16 @@ pub struct Call {
 /// A change of the saga's own state, worth a line in the timeline.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Transition {
-    Compensating { reason: String },
+    Compensating {
+        reason: String,
+    },
     Completed,
     Compensated,
-    Stuck { reason: String },
+    Stuck {
+        reason: String,
+    },
+    /// An operator sent a stuck saga back to compensation.
+    Retrying,
 }
 
 /// What the driver does after an event.
@@ -229,6 +238,21 @@ impl Saga {
             Event::Cancel => {
                 if self.status == SagaStatus::Running {
                     self.enter_compensation("cancelled".to_string(), &mut decision);
+                }
+            }
+            Event::OperatorRetry => {
+                if self.status == SagaStatus::Stuck {
+                    for step in &mut self.steps {
+                        step.in_flight = false;
+                        if step.status == StepStatus::Compensating {
+                            step.compensation_failures = 0;
+                            step.polls = 0;
+                            step.next_attempt_at = None;
+                        }
+                    }
+                    self.status = SagaStatus::Compensating;
+                    decision.durable = true;
+                    decision.transitions.push(Transition::Retrying);
                 }
             }
         }

@@ -375,6 +375,39 @@ fn table_of_saga_scenarios() {
 }
 
 #[test]
+fn an_operator_retry_resumes_a_stuck_compensation_with_a_fresh_budget() {
+    let spec = checkout();
+    let (_, mut saga) = run(
+        &spec,
+        &[
+            (Event::Start, 0),
+            (done(0), 1),
+            (refused(1), 2),
+            (transient(0, Phase::Compensation), 3),
+            (Event::Tick, 5_000),
+            (transient(0, Phase::Compensation), 5_001),
+        ],
+    );
+    assert_eq!(saga.status, SagaStatus::Stuck);
+    assert_eq!(
+        saga.wake_at(6_000),
+        None,
+        "stuck sagas wait for an operator"
+    );
+    let decision = saga.handle(&spec, Event::OperatorRetry, Clock::at(6_000));
+    assert_eq!(decision.calls, vec![compensation(0, 3)]);
+    assert_eq!(decision.transitions, vec![Transition::Retrying]);
+    assert_eq!(saga.steps[0].compensation_failures, 0);
+    saga.handle(&spec, compensated(0), Clock::at(6_001));
+    assert_eq!(saga.status, SagaStatus::Compensated);
+    // Only a stuck saga can be retried.
+    assert_eq!(
+        saga.handle(&spec, Event::OperatorRetry, Clock::at(6_002)),
+        Decision::default()
+    );
+}
+
+#[test]
 fn outputs_and_reasons_are_kept() {
     let spec = checkout();
     let (_, saga) = run(&spec, &[(Event::Start, 0), (done(0), 1), (refused(1), 2)]);

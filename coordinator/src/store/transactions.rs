@@ -207,6 +207,31 @@ pub async fn claim_due(
     Ok(rows.iter().map(TransactionRow::from_row).collect())
 }
 
+/// Takes a stuck saga for an operator action: nobody drives a stuck saga, so the
+/// caller becomes its owner under a fresh fence. None when it is not stuck.
+pub async fn take_stuck(
+    pool: &Pool,
+    id: Uuid,
+    owner: &str,
+    lease: Duration,
+) -> Result<Option<TransactionRow>> {
+    let client = pool.get().await?;
+    let lease_ms = lease.as_millis() as i64;
+    let row = client
+        .query_opt(
+            &format!(
+                "UPDATE transactions
+                    SET owner = $2, fence = nextval('settle_fence'),
+                        lease_until = now() + ($3::bigint * interval '1 millisecond')
+                  WHERE id = $1 AND kind = 'saga' AND state = 'stuck'
+                RETURNING {COLUMNS}"
+            ),
+            &[&id, &owner, &lease_ms],
+        )
+        .await?;
+    Ok(row.as_ref().map(TransactionRow::from_row))
+}
+
 /// Extends the leases of everything this instance drives in one statement.
 /// Returns the ids still owned, each with its cancel flag; the rest were lost.
 pub async fn renew(

@@ -171,3 +171,78 @@ async fn bad_admin_query_parameters_get_a_400_naming_them() {
     assert_eq!(missing.status().as_u16(), 404);
     world.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_retry_finishes_a_stuck_saga_once_the_participant_is_fixed() {
+    let world = World::start().await;
+    let client = &world.coordinator.client;
+    world
+        .register(
+            "fixable",
+            &saga_yaml(
+                &world,
+                "fixable",
+                "",
+                &[("x", None, true), ("y", None, true)],
+            ),
+        )
+        .await;
+    world.participant.set_default("/y", Answer::status(409));
+    world
+        .participant
+        .set_default("/x/undo", Answer::status(500));
+    let stuck = client
+        .start_saga("fixable", json!({}), None, Some(WAIT))
+        .await
+        .unwrap();
+    assert_eq!(stuck.state, "stuck");
+    let http = reqwest::Client::new();
+    let retry = |body: &'static str| {
+        http.post(format!(
+            "{}/v1/admin/transactions/{}/retry",
+            world.coordinator.base_url, stuck.id
+        ))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+    };
+    // A malformed action changes nothing.
+    assert_eq!(retry("{oops").await.unwrap().status().as_u16(), 400);
+    assert_eq!(
+        retry(r#"{"note":"x","colour":"red"}"#)
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        422
+    );
+    assert_eq!(client.get_saga(stuck.id).await.unwrap().state, "stuck");
+
+    // The participant is fixed by hand; the operator retries with a note.
+    world
+        .participant
+        .set_default("/x/undo", Answer::ok(json!({})));
+    let accepted = retry(r#"{"note":"refund service redeployed"}"#)
+        .await
+        .unwrap();
+    assert_eq!(accepted.status().as_u16(), 202);
+    let done = client.wait_saga(stuck.id, WAIT).await.unwrap();
+    assert_eq!(done.state, "compensated");
+    let detail = client.admin_transaction(stuck.id).await.unwrap();
+    let action = detail
+        .events
+        .iter()
+        .find(|e| e.kind == "operator_retry")
+        .expect("the retry is on the timeline");
+    assert_eq!(action.actor, "api");
+    assert_eq!(
+        action.detail.as_ref().unwrap()["note"],
+        "refund service redeployed"
+    );
+    // Retrying what is no longer stuck is refused with the reason.
+    let again = retry("").await.unwrap();
+    assert_eq!(again.status().as_u16(), 409);
+    let problem: Value = again.json().await.unwrap();
+    assert_eq!(problem["code"], "not_stuck");
+    world.stop().await;
+}
