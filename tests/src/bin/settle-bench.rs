@@ -1,7 +1,10 @@
-//! `settle-bench`: runs N order-checkout sagas from C concurrent clients (closed
-//! loop, each waiting for its saga's end with `?wait=`) against a coordinator and
-//! the example participants, all started in this process on a fresh database, and
-//! prints throughput and latency percentiles. Numbers, never assertions.
+//! `settle-bench`: runs N three-step sagas from C concurrent clients (closed loop,
+//! each waiting for its saga's end with `?wait=`) against a coordinator started in
+//! this process on a fresh database, and prints throughput and latency percentiles.
+//! Participants are either instant (`--participants instant`, the default: every
+//! call answers 200 at once, so the coordinator is what is measured) or the example
+//! order services with their own Postgres barriers (`--participants example`).
+//! Numbers, never assertions.
 //!
 //! `cargo run --release -p settle-tests --bin settle-bench -- --sagas 5000 --clients 32`
 
@@ -19,6 +22,7 @@ struct Args {
     sagas: usize,
     clients: usize,
     redis: String,
+    instant: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -26,6 +30,7 @@ fn parse_args() -> Result<Args, String> {
         sagas: 5000,
         clients: 32,
         redis: settle_tests::redis_server::SHARED.to_string(),
+        instant: true,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -36,8 +41,15 @@ fn parse_args() -> Result<Args, String> {
                 args.clients = value()?.parse().map_err(|e| format!("--clients: {e}"))?
             }
             "--redis" => args.redis = value()?,
+            "--participants" => {
+                args.instant = match value()?.as_str() {
+                    "instant" => true,
+                    "example" => false,
+                    other => return Err(format!("--participants: instant or example, not {other}")),
+                }
+            }
             "-h" | "--help" => {
-                return Err("usage: settle-bench [--sagas N] [--clients C] [--redis URL]".into())
+                return Err("usage: settle-bench [--sagas N] [--clients C] [--participants instant|example] [--redis URL]".into())
             }
             other => return Err(format!("unknown argument {other}")),
         }
@@ -56,13 +68,27 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1].as_secs_f64() * 1000.0
 }
 
+/// A participant that answers every call with `200 {}` at once, on a port of its own.
+fn instant_participant() -> anyhow::Result<String> {
+    let server = actix_web::HttpServer::new(|| {
+        actix_web::App::new().default_service(actix_web::web::to(|| async {
+            actix_web::HttpResponse::Ok()
+                .content_type("application/json")
+                .body("{}")
+        }))
+    })
+    .workers(1)
+    .disable_signals()
+    .bind(("127.0.0.1", 0))?;
+    let url = format!("http://{}", server.addrs()[0]);
+    tokio::spawn(server.run());
+    Ok(url)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = parse_args().map_err(|e| anyhow::anyhow!(e))?;
     let db = TestDatabase::create().await;
-    let pool = db.pool(16);
-    settle_examples::setup(&pool).await?;
-    let participants = settle_examples::start(pool.clone(), "127.0.0.1", [0, 0, 0], None).await?;
     let mut settings = test_settings(&db.url, &args.redis);
     settings.coordinator.lease = Duration::from_secs(15);
     settings.database.pool_size = 32;
@@ -72,12 +98,23 @@ async fn main() -> anyhow::Result<()> {
     let handle = app.handle();
     tokio::spawn(app.run_until_stopped());
     let client = CoordinatorClient::new(&base)?;
+    let (definition, example) = if args.instant {
+        let url = instant_participant()?;
+        let step = |name: &str| {
+            json!({ "name": name, "action": { "url": format!("{url}/{name}") },
+                    "compensation": { "url": format!("{url}/{name}/undo") } })
+        };
+        let definition =
+            json!({ "name": "order-checkout", "steps": [step("a"), step("b"), step("c")] });
+        (definition.to_string(), None)
+    } else {
+        let pool = db.pool(16);
+        settle_examples::setup(&pool).await?;
+        let participants = settle_examples::start(pool, "127.0.0.1", [0, 0, 0], None).await?;
+        (participants.order_checkout_definition(), Some(participants))
+    };
     client
-        .register_definition(
-            "order-checkout",
-            &participants.order_checkout_definition(),
-            "application/json",
-        )
+        .register_definition("order-checkout", &definition, "application/json")
         .await?;
 
     let next = Arc::new(AtomicUsize::new(0));
@@ -127,15 +164,19 @@ async fn main() -> anyhow::Result<()> {
     let elapsed = started.elapsed();
     latencies.sort();
     println!(
-        "bench sagas={} clients={} elapsed={:.2}s throughput={:.0} sagas/s p50={:.1}ms p99={:.1}ms completed={completed} compensated={compensated} other={other}",
+        "bench participants={} sagas={} clients={} elapsed={:.2}s throughput={:.0} sagas/s p50={:.1}ms p99={:.1}ms p999={:.1}ms completed={completed} compensated={compensated} other={other}",
+        if args.instant { "instant" } else { "example" },
         args.sagas,
         args.clients,
         elapsed.as_secs_f64(),
         args.sagas as f64 / elapsed.as_secs_f64(),
         percentile(&latencies, 50.0),
         percentile(&latencies, 99.0),
+        percentile(&latencies, 99.9),
     );
     handle.stop().await;
-    participants.stop().await;
+    if let Some(participants) = example {
+        participants.stop().await;
+    }
     Ok(())
 }
