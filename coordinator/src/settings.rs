@@ -35,7 +35,19 @@ pub struct Settings {
     pub participants: ParticipantSettings,
     pub log: LogSettings,
     pub twopc: TwoPcSettings,
+    pub retention: RetentionSettings,
     pub testing: TestingSettings,
+}
+
+/// How long finished transactions are kept.
+#[derive(Debug, Clone)]
+pub struct RetentionSettings {
+    /// Finished transactions older than this are purged (with their events).
+    pub finished_after: Duration,
+    /// Most transactions deleted per statement.
+    pub batch: i64,
+    /// Pause between purge rounds.
+    pub interval: Duration,
 }
 
 /// Defaults of 2PC / TCC transactions.
@@ -135,7 +147,26 @@ struct Raw {
     participants: RawParticipants,
     log: RawLog,
     twopc: RawTwoPc,
+    retention: RawRetention,
     testing: RawTesting,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawRetention {
+    finished_after: String,
+    batch: i64,
+    interval: String,
+}
+
+impl Default for RawRetention {
+    fn default() -> Self {
+        RawRetention {
+            finished_after: "30days".into(),
+            batch: 1000,
+            interval: "1m".into(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -436,6 +467,18 @@ impl Raw {
                 },
                 initial_backoff: duration("twopc.initial_backoff", &self.twopc.initial_backoff)?,
                 max_backoff: duration("twopc.max_backoff", &self.twopc.max_backoff)?,
+            },
+            retention: RetentionSettings {
+                finished_after: duration("retention.finished_after", &self.retention.finished_after)?,
+                batch: match self.retention.batch {
+                    n @ 1..=100_000 => n,
+                    n => {
+                        return Err(Error(format!(
+                            "retention.batch: must be between 1 and 100000, got {n}"
+                        )))
+                    }
+                },
+                interval: duration("retention.interval", &self.retention.interval)?,
             },
             testing: TestingSettings {
                 pause_at: match self.testing.pause_at.as_str() {

@@ -5,6 +5,7 @@
 mod call;
 mod operator;
 mod recovery;
+mod retention;
 mod run;
 mod twopc;
 mod workflow;
@@ -168,12 +169,14 @@ impl Driver {
         self.owned.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
-    /// Starts the background loops: lease renewal and recovery claims.
+    /// Starts the background loops: lease renewal, recovery claims and retention.
     pub fn spawn_background(self: &Arc<Self>) {
         let me = self.clone();
         self.runtime.spawn(async move { me.renew_loop().await });
         let me = self.clone();
         self.runtime.spawn(async move { me.recovery_loop().await });
+        let me = self.clone();
+        self.runtime.spawn(async move { me.retention_loop().await });
     }
 
     /// Creates a saga (one commit) and drives it at once, in this process.

@@ -246,3 +246,82 @@ async fn an_operator_retry_finishes_a_stuck_saga_once_the_participant_is_fixed()
     assert_eq!(problem["code"], "not_stuck");
     world.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_purges_old_finished_transactions_and_leaves_in_flight_ones_alone() {
+    let world = World::start_with(|s| {
+        s.retention.finished_after = std::time::Duration::from_secs(24 * 3600);
+        s.retention.interval = std::time::Duration::from_millis(100);
+    })
+    .await;
+    let client = &world.coordinator.client;
+    world
+        .register(
+            "kept",
+            &saga_yaml(
+                &world,
+                "kept",
+                "",
+                &[("a", None, true), ("slow", None, true)],
+            ),
+        )
+        .await;
+    world.participant.push("/slow", [Answer::ok(json!({}))]);
+    let old_done = client
+        .start_saga("kept", json!({ "n": 1 }), None, Some(WAIT))
+        .await
+        .unwrap();
+    assert_eq!(old_done.state, "completed");
+    let recent_done = client
+        .start_saga("kept", json!({ "n": 2 }), None, Some(WAIT))
+        .await
+        .unwrap();
+    world.participant.set_default("/slow", Answer::status(202));
+    let old_running = client
+        .start_saga("kept", json!({ "n": 3 }), None, None)
+        .await
+        .unwrap();
+    // Make two of them look forty days old.
+    world
+        .db
+        .client()
+        .await
+        .execute(
+            "UPDATE transactions SET created_at = now() - interval '40 days', updated_at = now() - interval '40 days' WHERE id = ANY($1)",
+            &[&vec![old_done.id, old_running.id]],
+        )
+        .await
+        .unwrap();
+    settle_tests::eventually("the old finished saga to be purged", WAIT, || async {
+        let left = crate::support::count(
+            &world.db,
+            &format!(
+                "SELECT count(*) FROM transactions WHERE id = '{}'",
+                old_done.id
+            ),
+        )
+        .await;
+        (left == 0).then_some(())
+    })
+    .await;
+    let events = crate::support::count(
+        &world.db,
+        &format!(
+            "SELECT count(*) FROM events WHERE transaction_id = '{}'",
+            old_done.id
+        ),
+    )
+    .await;
+    assert_eq!(events, 0, "its timeline went with it");
+    assert_eq!(
+        client.get_saga(recent_done.id).await.unwrap().state,
+        "completed",
+        "recent ones stay"
+    );
+    assert_eq!(
+        client.get_saga(old_running.id).await.unwrap().state,
+        "running",
+        "in-flight ones are never purged"
+    );
+    world.stop().await;
+}
