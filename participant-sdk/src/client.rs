@@ -18,8 +18,8 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::api::{
-    AdminDetail, AdminPage, NewBranch, NewTransaction, Problem, Saga, SagaDefinition,
-    SagaDefinitionSummary, StartSaga, Transaction,
+    ActionAccepted, AdminDetail, AdminPage, NewBranch, NewTransaction, OperatorAction, Problem,
+    Saga, SagaDefinition, SagaDefinitionSummary, StartSaga, Transaction,
 };
 use crate::protocol::IDEMPOTENCY_KEY_HEADER;
 
@@ -491,6 +491,27 @@ impl CoordinatorClient {
             Method::GET,
             &["v1", "admin", "transactions", &id.to_string()],
         )?;
+        Ok(self.send(request).await?.0)
+    }
+
+    /// Sends a stuck saga back to compensation (`POST /v1/admin/transactions/{id}/retry`),
+    /// with an optional note for the timeline.
+    ///
+    /// ```no_run
+    /// # async fn run(client: settle_participant::client::CoordinatorClient, id: uuid::Uuid) -> Result<(), settle_participant::client::Error> {
+    /// client.admin_retry(id, Some("refund service redeployed")).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn admin_retry(&self, id: Uuid, note: Option<&str>) -> Result<ActionAccepted> {
+        let body = OperatorAction {
+            note: note.map(str::to_owned),
+        };
+        let request = self
+            .request(
+                Method::POST,
+                &["v1", "admin", "transactions", &id.to_string(), "retry"],
+            )?
+            .json(&body);
         Ok(self.send(request).await?.0)
     }
 

@@ -1,4 +1,6 @@
-//! The `settle` command line: `serve` and `migrate`.
+//! The `settle` command line: `serve`, `migrate`, and the operator commands `tx` and `def`.
+
+mod ops;
 
 use std::path::PathBuf;
 
@@ -31,6 +33,20 @@ pub enum Command {
     Serve,
     /// Apply database migrations and exit.
     Migrate,
+    /// Inspect and act on transactions through a running coordinator's admin API.
+    Tx {
+        #[command(flatten)]
+        target: ops::Target,
+        #[command(subcommand)]
+        command: ops::Tx,
+    },
+    /// List, show and register saga definitions through a running coordinator.
+    Def {
+        #[command(flatten)]
+        target: ops::Target,
+        #[command(subcommand)]
+        command: ops::Def,
+    },
 }
 
 /// The whole `settle` program: what `main` runs.
@@ -64,6 +80,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve => serve(settings).await,
         Command::Migrate => migrate(settings).await,
+        Command::Tx { target, command } => ops::tx(&target, command).await,
+        Command::Def { target, command } => ops::def(&target, command).await,
     }
 }
 

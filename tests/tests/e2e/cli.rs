@@ -1,0 +1,93 @@
+//! The operator CLI (`settle tx …`, `settle def …`) against a live coordinator:
+//! the same admin API, tables for people and JSON with `--json`.
+
+use serde_json::{json, Value};
+use settle_tests::scripted::Answer;
+
+use crate::support::{saga_yaml, World, SETTLE_BIN, WAIT};
+
+async fn settle(world: &World, args: &[&str]) -> String {
+    let output = tokio::process::Command::new(SETTLE_BIN)
+        .args(args)
+        .args(["--url", &world.coordinator.base_url])
+        .env("SETTLE__LOG__LEVEL", "warn")
+        .output()
+        .await
+        .expect("running settle");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "settle {args:?} failed: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_list_show_and_retry_from_the_command_line() {
+    let world = World::start().await;
+    let client = &world.coordinator.client;
+    let dir = settle_tests::artifacts_dir().join(settle_tests::unique("cli"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("fragile.yaml");
+    std::fs::write(
+        &file,
+        saga_yaml(
+            &world,
+            "fragile",
+            "",
+            &[("x", None, true), ("y", None, true)],
+        ),
+    )
+    .unwrap();
+    let registered = settle(&world, &["def", "register", file.to_str().unwrap()]).await;
+    assert!(registered.contains("fragile v1 registered"), "{registered}");
+    assert!(settle(&world, &["def", "list"]).await.contains("fragile"));
+
+    world.participant.set_default("/y", Answer::status(409));
+    world
+        .participant
+        .set_default("/x/undo", Answer::status(500));
+    let stuck = client
+        .start_saga("fragile", json!({}), None, Some(WAIT))
+        .await
+        .unwrap();
+    assert_eq!(stuck.state, "stuck");
+
+    let table = settle(&world, &["tx", "list", "--state", "stuck"]).await;
+    assert!(
+        table.contains(&stuck.id.to_string()) && table.contains("stuck=1"),
+        "{table}"
+    );
+    let page: Value =
+        serde_json::from_str(&settle(&world, &["tx", "list", "--state", "stuck", "--json"]).await)
+            .unwrap();
+    assert_eq!(page["items"][0]["id"], stuck.id.to_string());
+    let shown = settle(&world, &["tx", "show", &stuck.id.to_string()]).await;
+    assert!(
+        shown.contains("timeline:") && shown.contains("compensation of x failed"),
+        "{shown}"
+    );
+
+    world
+        .participant
+        .set_default("/x/undo", Answer::ok(json!({})));
+    let retried = settle(
+        &world,
+        &[
+            "tx",
+            "retry",
+            &stuck.id.to_string(),
+            "--note",
+            "fixed by hand",
+        ],
+    )
+    .await;
+    assert!(retried.contains("compensating"), "{retried}");
+    assert_eq!(
+        client.wait_saga(stuck.id, WAIT).await.unwrap().state,
+        "compensated"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+    world.stop().await;
+}
