@@ -5,6 +5,7 @@
 pub mod coordinator;
 pub mod db;
 pub mod pg_cluster;
+pub mod proxy;
 pub mod redis_server;
 pub mod scripted;
 
