@@ -1,32 +1,76 @@
 #!/usr/bin/env bash
 # Settle against the naive durable-write ceiling, measured in the same minutes on
-# the same machine: pgbench running the 4-commit pattern of a 3-step saga, then
-# settle-bench with instant participants at the same client count, then 1 client.
+# the same machine (docs/PERFORMANCE.md says how to read the numbers):
+#   1. pgbench runs the 4-commit write pattern of a 3-step saga (bench/saga_writes.sql)
+#      at the same client count for 15 s, and at 1 client for 5 s;
+#   2. settle-bench runs N sagas against instant participants from C clients;
+#   3. settle-bench runs 1 client with --per-step-overhead.
+# It ends with a markdown table; the full outputs are kept in target/bench/.
 # Usage: scripts/bench.sh [clients] [sagas]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 clients="${1:-32}"
 sagas="${2:-5000}"
+pg=(-h 127.0.0.1 -p 5432 -U postgres)
+out="target/bench/$(date -u +%Y%m%dT%H%M%SZ)"
+mkdir -p "$out"
+
 scripts/services.sh
 cargo build --release --locked -p settle-tests --bin settle-bench
-db="settle_pgbench_$$"
-psql -h 127.0.0.1 -U postgres -qc "CREATE DATABASE $db"
-trap 'psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)"' EXIT
-psql -h 127.0.0.1 -U postgres -d "$db" -qc \
-  "CREATE TABLE saga_rows (id uuid PRIMARY KEY, state text NOT NULL, progress jsonb NOT NULL, updated_at timestamptz NOT NULL DEFAULT now())"
-if command -v pgbench >/dev/null; then
-  ceiling=$(pgbench -h 127.0.0.1 -U postgres -n -c "$clients" -j 2 -T 15 -f bench/saga_writes.sql "$db" 2>&1 \
-    | awk '/^tps/ { printf "%.0f", $3 }')
-  echo "pgbench clients=$clients ceiling=${ceiling} sagas/s (4 commits per saga)"
+
+# `field NAME` reads NAME=<number> from a settle-bench line on stdin.
+field() { sed -nE "s/.*[ (]$1=([0-9.]+).*/\1/p" | head -n1; }
+
+ceiling="" ceiling_lat="" one_lat=""
+if ! command -v pgbench >/dev/null || ! command -v psql >/dev/null; then
+  echo "bench: pgbench or psql is not installed (apt-get install postgresql-client);" \
+    "SKIPPING the pgbench ceiling, Settle is measured alone" >&2
 else
-  ceiling=""
-  echo "pgbench is not installed (apt-get install postgresql-contrib); no ceiling measured"
+  db="settle_pgbench_$$"
+  psql "${pg[@]}" -qc "CREATE DATABASE $db"
+  trap 'psql "${pg[@]}" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)"' EXIT
+  psql "${pg[@]}" -d "$db" -q -v ON_ERROR_STOP=1 -f bench/schema.sql
+  echo "bench: pgbench, $clients clients, 15 s" >&2
+  pgbench "${pg[@]}" -n -M prepared -c "$clients" -j 2 -T 15 -f bench/saga_writes.sql "$db" \
+    >"$out/pgbench-$clients.txt" 2>&1 || { cat "$out/pgbench-$clients.txt" >&2; exit 1; }
+  ceiling=$(awk '/^tps/ { printf "%.0f", $3 }' "$out/pgbench-$clients.txt")
+  ceiling_lat=$(awk '/^latency average/ { print $4 }' "$out/pgbench-$clients.txt")
+  echo "bench: pgbench, 1 client, 5 s" >&2
+  pgbench "${pg[@]}" -n -M prepared -c 1 -T 5 -f bench/saga_writes.sql "$db" \
+    >"$out/pgbench-1.txt" 2>&1 || { cat "$out/pgbench-1.txt" >&2; exit 1; }
+  one_lat=$(awk '/^latency average/ { print $4 }' "$out/pgbench-1.txt")
+  echo "pgbench clients=$clients ceiling=$ceiling sagas/s latency average=${ceiling_lat}ms; clients=1 latency average=${one_lat}ms" >&2
 fi
-line=$(target/release/settle-bench --participants instant --sagas "$sagas" --clients "$clients" | tail -n1)
-echo "$line"
-one=$(target/release/settle-bench --participants instant --sagas 500 --clients 1 | tail -n1)
-echo "$one"
-throughput=$(echo "$line" | sed -E 's/.*throughput=([0-9]+).*/\1/')
+
+echo "bench: settle-bench, $clients clients, $sagas sagas" >&2
+target/release/settle-bench --participants instant --sagas "$sagas" --clients "$clients" --rss \
+  | tee "$out/settle-$clients.txt" >&2
+echo "bench: settle-bench, 1 client, 1000 sagas" >&2
+target/release/settle-bench --participants instant --sagas 1000 --per-step-overhead \
+  | tee "$out/settle-1.txt" >&2
+
+line=$(grep '^bench ' "$out/settle-$clients.txt")
+one=$(grep '^bench ' "$out/settle-1.txt")
+added=$(grep '^added latency' "$out/settle-1.txt" | field p50)
+rtt=$(grep '^added latency' "$out/settle-1.txt" | sed -nE 's/.*round trip p50 ([0-9.]+)ms.*/\1/p')
+throughput=$(field throughput <<<"$line")
+rss=$(grep '^rss' "$out/settle-$clients.txt" | sed -nE 's/.*=([0-9]+)MB.*/\1/p')
+
+echo
+echo "Settle vs pgbench, $(date -u +%Y-%m-%d), $(nproc) cores; outputs in $out"
+echo
+echo "| measurement | figure |"
+echo "|---|---|"
+echo "| Settle, instant participants, $clients clients, $sagas sagas | $throughput sagas/s, p50 $(field p50 <<<"$line") ms, p99 $(field p99 <<<"$line") ms, p999 $(field p999 <<<"$line") ms |"
 if [ -n "$ceiling" ]; then
-  awk -v s="$throughput" -v c="$ceiling" 'BEGIN { printf "ratio settle/pgbench = %.2f\n", s / c }'
+  echo "| pgbench ceiling, 4 commits per saga, $clients clients | $ceiling sagas/s, average latency $ceiling_lat ms |"
+  echo "| ratio Settle / pgbench | $(awk -v s="$throughput" -v c="$ceiling" 'BEGIN { printf "%.2f", s / c }') |"
+else
+  echo "| pgbench ceiling | not measured: pgbench is not installed |"
 fi
+echo "| Settle, 1 client, 1000 sagas | p50 $(field p50 <<<"$one") ms, p99 $(field p99 <<<"$one") ms per 3-step saga |"
+echo "| added latency per step, 1 client | $added ms (participant round trip p50 $rtt ms subtracted) |"
+if [ -n "$one_lat" ]; then
+  echo "| pgbench, 1 client: 4 commits in a row | $one_lat ms average ($(awk -v l="$one_lat" 'BEGIN { printf "%.2f", l / 4 }') ms per commit) |"
+fi
+echo "| peak RSS, bench process (coordinator, clients, participants), $clients clients | $rss MB |"
