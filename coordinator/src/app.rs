@@ -75,6 +75,7 @@ impl Application {
         let port = listener.local_addr()?.port();
         let server = HttpServer::new(move || {
             App::new()
+                .wrap(actix_web::middleware::from_fn(http::auth::gate))
                 .wrap(actix_web::middleware::Logger::new("%r %s %Dms").log_target("settle::http"))
                 .configure(http::configure(state.clone()))
         })
@@ -83,6 +84,12 @@ impl Application {
         .shutdown_timeout(settings.server.shutdown_timeout.as_secs().max(1))
         .run();
         driver.spawn_background();
+        if !settings.auth.enabled() {
+            tracing::warn!(
+                address = %settings.server.listen,
+                "no auth.tokens configured: the API is open to every process on this machine, so it listens on loopback only"
+            );
+        }
         tracing::info!(
             instance = %settings.coordinator.instance_id,
             address = %settings.server.listen.ip(),

@@ -37,6 +37,19 @@ pub struct Settings {
     pub twopc: TwoPcSettings,
     pub retention: RetentionSettings,
     pub testing: TestingSettings,
+    pub auth: AuthSettings,
+}
+
+/// Who may call the API. No tokens means an open API, allowed on loopback only.
+#[derive(Debug, Clone, Default)]
+pub struct AuthSettings {
+    pub tokens: Vec<crate::auth::TokenEntry>,
+}
+
+impl AuthSettings {
+    pub fn enabled(&self) -> bool {
+        !self.tokens.is_empty()
+    }
 }
 
 /// How long finished transactions are kept.
@@ -149,6 +162,90 @@ struct Raw {
     twopc: RawTwoPc,
     retention: RawRetention,
     testing: RawTesting,
+    auth: RawAuth,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAuth {
+    tokens: RawTokens,
+}
+
+/// Tokens as a TOML array of tables, or (handy in an environment variable) one
+/// string of `name:role:sha256:<hex>` entries separated by commas.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawTokens {
+    Text(String),
+    List(Vec<RawToken>),
+}
+
+impl Default for RawTokens {
+    fn default() -> Self {
+        RawTokens::Text(String::new())
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawToken {
+    name: String,
+    role: String,
+    hash: String,
+}
+
+impl RawTokens {
+    fn validate(self) -> Result<Vec<crate::auth::TokenEntry>, Error> {
+        let raw: Vec<RawToken> = match self {
+            RawTokens::List(list) => list,
+            RawTokens::Text(text) => text
+                .split(',')
+                .map(str::trim)
+                .filter(|entry| !entry.is_empty())
+                .enumerate()
+                .map(|(i, entry)| {
+                    let mut parts = entry.splitn(3, ':');
+                    match (parts.next(), parts.next(), parts.next()) {
+                        (Some(name), Some(role), Some(hash)) => Ok(RawToken {
+                            name: name.into(),
+                            role: role.into(),
+                            hash: hash.into(),
+                        }),
+                        _ => Err(Error(format!(
+                            "auth.tokens[{i}]: expected name:role:sha256:<hex>"
+                        ))),
+                    }
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        let mut entries: Vec<crate::auth::TokenEntry> = Vec::with_capacity(raw.len());
+        for (i, token) in raw.into_iter().enumerate() {
+            let name = token.name.trim().to_string();
+            if name.is_empty() || name.len() > 100 {
+                return Err(Error(format!(
+                    "auth.tokens[{i}].name: must be 1 to 100 characters"
+                )));
+            }
+            if entries.iter().any(|e| e.name == name) {
+                return Err(Error(format!(
+                    "auth.tokens[{i}].name: '{name}' is configured twice"
+                )));
+            }
+            let role = crate::auth::Role::parse(token.role.trim()).ok_or_else(|| {
+                Error(format!(
+                    "auth.tokens[{i}].role: '{}' is not service, operator or reader",
+                    token.role
+                ))
+            })?;
+            let digest = crate::auth::parse_hash(token.hash.trim()).ok_or_else(|| {
+                Error(format!(
+                    "auth.tokens[{i}].hash: expected sha256:<64 hex digits>, as `settle token hash` prints it"
+                ))
+            })?;
+            entries.push(crate::auth::TokenEntry { name, role, digest });
+        }
+        Ok(entries)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -406,6 +503,13 @@ impl Raw {
         } else {
             self.coordinator.instance_id
         };
+        let tokens = self.auth.tokens.validate()?;
+        if tokens.is_empty() && !listen.ip().is_loopback() {
+            return Err(Error(format!(
+                "server.listen: refusing to serve an open API on {listen}, which is not a loopback address; \
+                 configure auth.tokens (`settle token new NAME ROLE` makes one) or listen on 127.0.0.1"
+            )));
+        }
         let level = self.log.level;
         if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
             return Err(Error(format!("log.level: '{level}' is not a valid filter")));
@@ -480,6 +584,7 @@ impl Raw {
                 },
                 interval: duration("retention.interval", &self.retention.interval)?,
             },
+            auth: AuthSettings { tokens },
             testing: TestingSettings {
                 pause_at: match self.testing.pause_at.as_str() {
                     "" => None,
@@ -555,11 +660,55 @@ mod tests {
             ("[database]\npool_size = \"many\"\n", "pool_size"),
             ("[server]\nlistne = \"x\"\n", "listne"),
             ("[redis]\nurl = \"http://x\"\n", "redis.url"),
+            (
+                "[server]\nlisten = \"0.0.0.0:8080\"\n",
+                "not a loopback address",
+            ),
+            (
+                "[auth]\ntokens = \"a:admin:sha256:00\"\n",
+                "auth.tokens[0].role",
+            ),
+            (
+                "[auth]\ntokens = \"a:reader:plain\"\n",
+                "auth.tokens[0].hash",
+            ),
+            ("[auth]\ntokens = \"just-a-token\"\n", "auth.tokens[0]"),
         ];
         for (toml, key) in cases {
             let err = load_toml(toml).expect_err(toml).to_string();
             assert!(err.contains(key), "{toml:?} gave {err}");
         }
+    }
+
+    #[test]
+    fn tokens_load_from_tables_or_one_string_and_open_other_addresses() {
+        let ops = crate::auth::hash_token("op-token");
+        let svc = crate::auth::hash_token("svc-token");
+        let s = load_toml(&format!(
+            "[server]\nlisten = \"0.0.0.0:8080\"\n[[auth.tokens]]\nname = \"alice\"\nrole = \"operator\"\nhash = \"{ops}\"\n\
+             [[auth.tokens]]\nname = \"orders\"\nrole = \"service\"\nhash = \"{svc}\"\n"
+        ))
+        .unwrap();
+        assert_eq!(s.server.listen.to_string(), "0.0.0.0:8080");
+        let names: Vec<_> = s.auth.tokens.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["alice", "orders"]);
+        assert_eq!(
+            crate::auth::find(&s.auth.tokens, "svc-token").map(|t| t.role),
+            Some(crate::auth::Role::Service)
+        );
+
+        let s = load_toml(&format!(
+            "[auth]\ntokens = \"alice:operator:{ops}, orders:service:{svc}\"\n"
+        ))
+        .unwrap();
+        assert_eq!(s.auth.tokens.len(), 2);
+        assert!(format!("{:?}", s.auth).contains("alice"));
+        assert!(!format!("{:?}", s.auth).contains(&ops[7..]));
+
+        let twice = load_toml(&format!(
+            "[auth]\ntokens = \"alice:operator:{ops},alice:reader:{svc}\"\n"
+        ));
+        assert!(twice.unwrap_err().to_string().contains("configured twice"));
     }
 
     #[test]

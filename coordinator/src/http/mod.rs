@@ -1,6 +1,7 @@
 //! actix-web handlers and the wiring of routes, extractor limits and error shapes.
 
 pub mod admin;
+pub mod auth;
 pub mod definitions;
 pub mod error;
 pub mod health;
@@ -28,9 +29,6 @@ pub struct AppState {
     pub locks: Arc<Locks>,
     pub settings: Settings,
 }
-
-/// Who is acting, for the timeline. Authentication (a later capability) will name tokens here.
-pub const API_ACTOR: &str = "api";
 
 pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg: &mut web::ServiceConfig| {

@@ -3,6 +3,7 @@
 
 mod admin;
 mod api_errors;
+mod auth;
 mod cli;
 mod crash_recovery;
 mod definitions;
