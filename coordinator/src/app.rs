@@ -50,7 +50,7 @@ impl Application {
         )?;
         store::migrate::run(&pool).await?;
         if let Some(dir) = &settings.coordinator.sagas_dir {
-            load_definitions(&pool, dir).await?;
+            load_definitions(&pool, dir, &settings.participants.allow).await?;
         }
         let locks = Arc::new(Locks::new(
             &settings.redis.url,
@@ -123,7 +123,11 @@ impl Application {
 }
 
 /// Registers every definition file in `dir`; a broken file stops start-up with its name and field.
-pub async fn load_definitions(pool: &deadpool_postgres::Pool, dir: &Path) -> anyhow::Result<usize> {
+pub async fn load_definitions(
+    pool: &deadpool_postgres::Pool,
+    dir: &Path,
+    allow: &crate::allow::AllowList,
+) -> anyhow::Result<usize> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -149,6 +153,7 @@ pub async fn load_definitions(pool: &deadpool_postgres::Pool, dir: &Path) -> any
         let doc = definition::parse(&body, format)
             .map_err(|e| anyhow::anyhow!("saga definition {}: {e}", path.display()))?;
         definition::compile(&doc, 1)
+            .and_then(|_| definition::check_participants(&doc, allow))
             .map_err(|e| anyhow::anyhow!("saga definition {}: {e}", path.display()))?;
         let spec = serde_json::to_value(&doc)?;
         let (stored, created) =

@@ -1,5 +1,6 @@
 //! Settle's coordinator as a library: the `settle` binary is thin glue over these modules.
 
+pub mod allow;
 pub mod app;
 pub mod auth;
 pub mod cli;

@@ -133,6 +133,9 @@ pub struct CoordinatorSettings {
 pub struct ParticipantSettings {
     /// Signs every participant call (`Settle-Signature`) when set.
     pub signing_secret: Option<Secret>,
+    /// During a rotation, the secret being retired: calls carry a second `v1=`
+    /// made with it, so participants can switch to the new secret one at a time.
+    pub previous_signing_secret: Option<Secret>,
     /// Largest participant response body read (a step's output).
     pub max_response_bytes: usize,
     /// Participant calls under way at once, across all transactions; more wait
@@ -140,6 +143,8 @@ pub struct ParticipantSettings {
     pub max_concurrent_calls: usize,
     /// Idle keep-alive connections kept per participant host.
     pub pool_idle_per_host: usize,
+    /// Which participant URLs definitions and branches may name.
+    pub allow: crate::allow::AllowList,
 }
 
 #[derive(Debug, Clone)]
@@ -336,9 +341,39 @@ struct RawCoordinator {
 #[serde(deny_unknown_fields, default)]
 struct RawParticipants {
     signing_secret: String,
+    previous_signing_secret: String,
     max_response_bytes: usize,
     max_concurrent_calls: usize,
     pool_idle_per_host: usize,
+    allow: StringList,
+    allowed_schemes: StringList,
+}
+
+/// A list written as a TOML array or (handy in an environment variable) one
+/// comma-separated string.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum StringList {
+    Text(String),
+    List(Vec<String>),
+}
+
+impl StringList {
+    fn of(items: &[&str]) -> StringList {
+        StringList::List(items.iter().map(|s| s.to_string()).collect())
+    }
+
+    fn items(self) -> Vec<String> {
+        match self {
+            StringList::List(list) => list,
+            StringList::Text(text) => text
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -398,9 +433,12 @@ impl Default for RawParticipants {
     fn default() -> Self {
         RawParticipants {
             signing_secret: String::new(),
+            previous_signing_secret: String::new(),
             max_response_bytes: 1024 * 1024,
             max_concurrent_calls: 512,
             pool_idle_per_host: 64,
+            allow: StringList::of(&["127.0.0.0/8", "::1/128", "localhost"]),
+            allowed_schemes: StringList::of(&["http", "https"]),
         }
     }
 }
@@ -503,7 +541,19 @@ impl Raw {
         } else {
             self.coordinator.instance_id
         };
+        if self.participants.signing_secret.is_empty()
+            && !self.participants.previous_signing_secret.is_empty()
+        {
+            return Err(Error(
+                "participants.previous_signing_secret: set only during a rotation, next to participants.signing_secret".into(),
+            ));
+        }
         let tokens = self.auth.tokens.validate()?;
+        let allow = crate::allow::AllowList::parse(
+            &self.participants.allow.items(),
+            &self.participants.allowed_schemes.items(),
+        )
+        .map_err(|e| Error(format!("participants.{e}")))?;
         if tokens.is_empty() && !listen.ip().is_loopback() {
             return Err(Error(format!(
                 "server.listen: refusing to serve an open API on {listen}, which is not a loopback address; \
@@ -554,9 +604,12 @@ impl Raw {
             participants: ParticipantSettings {
                 signing_secret: (!self.participants.signing_secret.is_empty())
                     .then(|| Secret::new(self.participants.signing_secret)),
+                previous_signing_secret: (!self.participants.previous_signing_secret.is_empty())
+                    .then(|| Secret::new(self.participants.previous_signing_secret)),
                 max_response_bytes: self.participants.max_response_bytes,
                 max_concurrent_calls: self.participants.max_concurrent_calls,
                 pool_idle_per_host: self.participants.pool_idle_per_host,
+                allow,
             },
             log: LogSettings {
                 json: self.log.json,
@@ -673,6 +726,14 @@ mod tests {
                 "auth.tokens[0].hash",
             ),
             ("[auth]\ntokens = \"just-a-token\"\n", "auth.tokens[0]"),
+            (
+                "[participants]\nallow = [\"10.0.0.0/40\"]\n",
+                "participants.allow",
+            ),
+            (
+                "[participants]\nallowed_schemes = \"gopher\"\n",
+                "participants.allowed_schemes",
+            ),
         ];
         for (toml, key) in cases {
             let err = load_toml(toml).expect_err(toml).to_string();

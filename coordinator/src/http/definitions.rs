@@ -72,6 +72,7 @@ pub async fn register(
         .with_field("name"));
     }
     definition::compile(&doc, 1)?;
+    definition::check_participants(&doc, &state.settings.participants.allow)?;
     let spec = serde_json::to_value(&doc).map_err(|e| ApiError::internal(&e))?;
     let digest = definition::digest(&doc);
     let (stored, created) =

@@ -85,9 +85,11 @@ pub async fn register_branch(
     body: web::Json<NewBranch>,
 ) -> Result<HttpResponse, ApiError> {
     let id = *id;
-    let spec = driver::twopc_branch_spec("branch", &body, false).map_err(|e| {
-        ApiError::unprocessable("invalid_branch", e.to_string()).with_field(e.field)
-    })?;
+    let spec =
+        driver::twopc_branch_spec("branch", &body, false, &state.settings.participants.allow)
+            .map_err(|e| {
+                ApiError::unprocessable("invalid_branch", e.to_string()).with_field(e.field)
+            })?;
     match state
         .driver
         .register_branch(id, &spec, caller.name())

@@ -9,6 +9,7 @@ mod crash_recovery;
 mod definitions;
 mod lifecycle;
 mod order_workflow;
+mod outgoing;
 mod ownership;
 mod sagas;
 mod support;
