@@ -5,6 +5,7 @@ mod admin;
 mod api_errors;
 mod cli;
 mod crash_recovery;
+mod dashboard;
 mod definitions;
 mod lifecycle;
 mod order_workflow;
