@@ -43,6 +43,11 @@ function h(tag, props, ...children) {
   return node;
 }
 
+/** Replaces the view; absent parts (null, false) are left out. */
+function show(...parts) {
+  view.replaceChildren(...parts.filter((p) => p !== null && p !== undefined && p !== false));
+}
+
 function badge(state) {
   return h("span", { class: `badge state-${state}` }, state);
 }
@@ -143,7 +148,7 @@ async function home(gen) {
   const page = await api.listTransactions({ state: "stuck", limit: 50 });
   if (gen !== generation) return;
   const stuck = page.items;
-  view.replaceChildren(
+  show(
     h("h1", {}, "Overview"),
     countCards(page.counts || {}),
     h(
@@ -240,7 +245,7 @@ async function list(gen, params) {
     }
     body.push(h("div", { class: "pager" }, nav));
   }
-  view.replaceChildren(h("h1", {}, "Transactions"), filterForm(params), ...body);
+  show(h("h1", {}, "Transactions"), filterForm(params), ...body);
 }
 
 // ---- detail ------------------------------------------------------------------
@@ -323,8 +328,8 @@ function branchesTable(tx) {
 function outcome(e) {
   if (e.kind !== "attempt") return e.status_code ? String(e.status_code) : "";
   const ok = e.status_code && e.status_code >= 200 && e.status_code < 300 && !e.error;
-  const parts = [ok ? "ok" : "failed", e.status_code ? String(e.status_code) : null, e.error].filter(Boolean);
-  return h("span", { class: ok ? "ok" : "error-text" }, parts.join(" · "));
+  const why = ok ? e.status_code : e.error || e.status_code || "no answer";
+  return h("span", { class: ok ? "ok" : "error-text" }, `${ok ? "ok" : "failed"} · ${why}`);
 }
 
 function eventDetail(e) {
@@ -349,7 +354,7 @@ function timeline(events) {
         h("td", {}, e.step || ""),
         h("td", {}, e.phase || ""),
         h("td", { class: "num" }, e.attempt ?? ""),
-        h("td", {}, outcome(e)),
+        h("td", { class: "outcome" }, outcome(e)),
         h("td", { class: "num" }, e.duration_ms === null || e.duration_ms === undefined ? "" : `${e.duration_ms} ms`),
         h("td", {}, e.actor),
         h("td", {}, eventDetail(e)),
@@ -396,7 +401,7 @@ async function detailView(gen, id) {
   ];
   if (detail.saga?.deadline || detail.transaction?.deadline) facts.push(["deadline", time(detail.saga?.deadline || detail.transaction?.deadline)]);
   if (detail.transaction?.decision) facts.push(["decision", detail.transaction.decision]);
-  view.replaceChildren(
+  show(
     h("p", {}, h("a", { href: "#/list" }, "← transactions")),
     h("h1", {}, "Transaction ", h("span", { class: "mono", id: "tx-id" }, t.id), " ", h("span", { id: "tx-state", "data-state": t.state }, badge(t.state))),
     h("dl", { class: "facts" }, facts.map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)])),
@@ -451,7 +456,7 @@ form.addEventListener("submit", async (ev) => {
     const answer = await api.act(id, action, body);
     pending = null;
     dialog.close();
-    showNotice(`${action} accepted; the transaction is ${answer?.state ?? "updated"}.`, "ok");
+    showNotice(`${action} accepted (the coordinator answered: ${answer?.state ?? "done"}).`, "ok");
     route({ keepNotice: true });
   } catch (e) {
     dialogError.textContent = describe(e);

@@ -87,6 +87,7 @@ impl Browser {
                 Some(json!({
                     "capabilities": { "alwaysMatch": {
                         "browserName": "chrome",
+                        "goog:loggingPrefs": { "browser": "ALL" },
                         "goog:chromeOptions": {
                             "binary": chromium_path(),
                             "args": [
@@ -268,6 +269,68 @@ impl Browser {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
         std::fs::write(path, png).with_context(|| format!("writing {}", path.display()))
+    }
+
+    /// Runs `script` (a function body; `arguments` holds `args`) in the page.
+    pub async fn execute(&self, script: &str, args: Value) -> Result<Value> {
+        self.send(
+            reqwest::Method::POST,
+            &self.at("/execute/sync"),
+            Some(json!({ "script": script, "args": args })),
+        )
+        .await
+    }
+
+    pub async fn set_window_size(&self, width: u64, height: u64) -> Result<()> {
+        self.send(
+            reqwest::Method::POST,
+            &self.at("/window/rect"),
+            Some(json!({ "width": width, "height": height })),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Saves a PNG of the whole page: the window grows to the page's height for the
+    /// shot (at most 8000 px) and returns to 1400x1000 after.
+    pub async fn full_page_screenshot(&self, path: &Path) -> Result<()> {
+        let height = self
+            .execute("return document.documentElement.scrollHeight;", json!([]))
+            .await?
+            .as_u64()
+            .unwrap_or(1000);
+        // The window's frame is taller than the page's viewport in headless mode too.
+        self.set_window_size(1400, (height + 140).clamp(1000, 8000))
+            .await?;
+        let shot = self.screenshot(path).await;
+        self.set_window_size(1400, 1000).await?;
+        shot
+    }
+
+    /// The page's console messages since the last call (chromedriver's log endpoint),
+    /// as `LEVEL message` lines: script errors and Content-Security-Policy violations land here.
+    pub async fn console(&self) -> Result<Vec<String>> {
+        let entries = self
+            .send(
+                reqwest::Method::POST,
+                &self.at("/se/log"),
+                Some(json!({ "type": "browser" })),
+            )
+            .await?;
+        Ok(entries
+            .as_array()
+            .map(|all| {
+                all.iter()
+                    .map(|e| {
+                        format!(
+                            "{} {}",
+                            e["level"].as_str().unwrap_or("?"),
+                            e["message"].as_str().unwrap_or("")
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default())
     }
 
     /// Closes the browser and stops chromedriver.

@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
+use settle_participant::api::{NewBranch, NewTransaction};
 use settle_tests::scripted::Answer;
 use settle_tests::webdriver::Browser;
 
@@ -19,6 +20,22 @@ fn screenshots_dir() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
         .join("test-artifacts/ui")
+}
+
+/// No script error and no Content-Security-Policy violation was logged; refused API
+/// calls (the 409 the test provokes) are expected console noise.
+async fn assert_no_script_errors(browser: &Browser) {
+    let console = browser.console().await.unwrap();
+    let bad: Vec<&String> = console
+        .iter()
+        .filter(|line| {
+            line.contains("Uncaught")
+                || line.contains("Content Security Policy")
+                || line.contains("TypeError")
+                || line.contains("SyntaxError")
+        })
+        .collect();
+    assert!(bad.is_empty(), "the page logged errors: {bad:#?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -141,7 +158,10 @@ async fn an_operator_finds_a_stuck_saga_on_the_dashboard_and_retries_it_to_compe
         .await
         .unwrap()
         .contains("compensation"));
-    browser.screenshot(&shots.join("detail.png")).await.unwrap();
+    browser
+        .full_page_screenshot(&shots.join("detail.png"))
+        .await
+        .unwrap();
 
     // The participant is fixed by hand; the operator retries with a note.
     world
@@ -171,7 +191,7 @@ async fn an_operator_finds_a_stuck_saga_on_the_dashboard_and_retries_it_to_compe
         .await
         .unwrap();
     browser
-        .screenshot(&shots.join("detail-compensated.png"))
+        .full_page_screenshot(&shots.join("detail-compensated.png"))
         .await
         .unwrap();
     assert_eq!(
@@ -197,6 +217,102 @@ async fn an_operator_finds_a_stuck_saga_on_the_dashboard_and_retries_it_to_compe
         .await
         .unwrap()
         .starts_with("Conflict: "));
+    assert_no_script_errors(&browser).await;
+    browser.quit().await;
+    world.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_two_phase_transaction_shows_its_branches_under_the_decision_and_the_token_stays_in_the_tab(
+) {
+    let browser = Browser::launch()
+        .await
+        .unwrap_or_else(|e| panic!("cannot drive a browser: {e:#}"));
+    let world = World::start().await;
+    let client = &world.coordinator.client;
+    let branch = |name: &str| NewBranch {
+        name: name.into(),
+        prepare_url: Some(world.participant.url(&format!("/{name}/prepare"))),
+        commit_url: world.participant.url(&format!("/{name}/commit")),
+        abort_url: world.participant.url(&format!("/{name}/abort")),
+        payload: None,
+    };
+    let tx = client
+        .create_transaction(&NewTransaction {
+            participants: Some(vec![branch("debit"), branch("credit")]),
+            timeout: Some("10s".into()),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        client.wait_transaction(tx.id, WAIT).await.unwrap().state,
+        "committed"
+    );
+    let ui = format!("{}/ui/", world.coordinator.base_url);
+
+    browser.goto(&format!("{ui}#/tx/{}", tx.id)).await.unwrap();
+    browser
+        .wait_until("#tx-state", POLLS, |t| t == "committed")
+        .await
+        .unwrap();
+    for node in ["decision", "debit", "credit"] {
+        browser
+            .find(&format!("#graph svg g[data-step='{node}']"))
+            .await
+            .unwrap();
+    }
+    for branch in ["debit", "credit"] {
+        assert!(browser
+            .text_of(&format!("#steps tr[data-step='{branch}']"))
+            .await
+            .unwrap()
+            .contains("committed"));
+    }
+    browser
+        .full_page_screenshot(&screenshots_dir().join("detail-twopc.png"))
+        .await
+        .unwrap();
+
+    // The token is kept for this tab only, and forgotten on request.
+    let token = browser.find("#token").await.unwrap();
+    browser
+        .send_keys(&token, "an-operator-token")
+        .await
+        .unwrap();
+    browser
+        .click(
+            &browser
+                .find("#token-form button[type='submit']")
+                .await
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    browser
+        .wait_until("#token-status", POLLS, |t| t == "token set for this tab")
+        .await
+        .unwrap();
+    let stored = browser
+        .execute("return sessionStorage.getItem('settle.token');", json!([]))
+        .await
+        .unwrap();
+    assert_eq!(stored, "an-operator-token");
+    browser
+        .click(&browser.find("#token-clear").await.unwrap())
+        .await
+        .unwrap();
+    browser
+        .wait_until("#token-status", POLLS, |t| t == "no token")
+        .await
+        .unwrap();
+    assert_eq!(
+        browser
+            .execute("return sessionStorage.getItem('settle.token');", json!([]))
+            .await
+            .unwrap(),
+        Value::Null
+    );
+    assert_no_script_errors(&browser).await;
     browser.quit().await;
     world.stop().await;
 }
