@@ -56,7 +56,7 @@ function time(iso) {
   if (!iso) return "—";
   const d = new Date(iso);
   if (Number.isNaN(d.getTime())) return iso;
-  return h("time", { datetime: iso, title: iso }, `${d.toISOString().slice(0, 19).replace("T", " ")} (${relative(d)})`);
+  return h("time", { datetime: iso, title: iso }, `${d.toISOString().slice(0, 19).replace("T", " ")}Z (${relative(d)})`);
 }
 
 function relative(d) {

@@ -212,6 +212,17 @@ impl Browser {
         .map(drop)
     }
 
+    /// Empties an input or textarea.
+    pub async fn clear(&self, element: &Element) -> Result<()> {
+        self.send(
+            reqwest::Method::POST,
+            &self.at(&format!("/element/{}/clear", element.0)),
+            Some(json!({})),
+        )
+        .await
+        .map(drop)
+    }
+
     /// The rendered text of an element.
     pub async fn text(&self, element: &Element) -> Result<String> {
         let value = self

@@ -273,6 +273,42 @@ async fn a_two_phase_transaction_shows_its_branches_under_the_decision_and_the_t
         .await
         .unwrap();
 
+    // Skip asks for a step and an output; output that is not JSON never leaves the page.
+    browser
+        .click(&browser.find("button[data-action='skip']").await.unwrap())
+        .await
+        .unwrap();
+    let output = browser.wait_for("#action-output", POLLS).await.unwrap();
+    browser.clear(&output).await.unwrap();
+    browser.send_keys(&output, "{not json").await.unwrap();
+    assert_eq!(
+        browser
+            .text_of("#action-step")
+            .await
+            .unwrap()
+            .lines()
+            .collect::<Vec<_>>(),
+        ["debit", "credit"]
+    );
+    browser
+        .click(&browser.find("#action-confirm").await.unwrap())
+        .await
+        .unwrap();
+    browser
+        .wait_until("#action-error", POLLS, |t| {
+            t.starts_with("The output is not valid JSON")
+        })
+        .await
+        .unwrap();
+    browser
+        .click(&browser.find("#action-cancel").await.unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        client.get_transaction(tx.id).await.unwrap().state,
+        "committed"
+    );
+
     // The token is kept for this tab only, and forgotten on request.
     let token = browser.find("#token").await.unwrap();
     browser
