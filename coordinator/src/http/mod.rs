@@ -7,6 +7,7 @@ pub mod error;
 pub mod health;
 pub mod sagas;
 pub mod transactions;
+pub mod ui;
 mod views;
 
 use std::sync::Arc;
@@ -48,6 +49,9 @@ pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceCon
             }))
             .route("/healthz", web::get().to(health::healthz))
             .route("/readyz", web::get().to(health::readyz))
+            .route("/ui", web::get().to(ui::redirect))
+            .route("/ui/", web::get().to(ui::index))
+            .route("/ui/assets/{name}", web::get().to(ui::asset))
             .service(
                 web::scope("/v1")
                     .route("/saga-definitions", web::get().to(definitions::list))

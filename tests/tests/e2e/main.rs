@@ -6,6 +6,7 @@ mod api_errors;
 mod auth;
 mod cli;
 mod crash_recovery;
+mod dashboard;
 mod definitions;
 mod lifecycle;
 mod order_workflow;
