@@ -76,6 +76,7 @@ impl Application {
         let server = HttpServer::new(move || {
             App::new()
                 .wrap(actix_web::middleware::from_fn(http::auth::gate))
+                .wrap(actix_web::middleware::from_fn(http::limits::guard_headers))
                 .wrap(actix_web::middleware::Logger::new("%r %s %Dms").log_target("settle::http"))
                 .configure(http::configure(state.clone()))
         })

@@ -38,6 +38,20 @@ pub struct Settings {
     pub retention: RetentionSettings,
     pub testing: TestingSettings,
     pub auth: AuthSettings,
+    pub limits: LimitsSettings,
+}
+
+/// Bounds on what a request may carry, beyond `server.max_body_bytes`.
+#[derive(Debug, Clone)]
+pub struct LimitsSettings {
+    /// Request line plus headers, in bytes (431 above).
+    pub max_header_bytes: usize,
+    /// A saga definition document (413 above).
+    pub max_definition_bytes: usize,
+    /// A saga's input or a branch payload, as JSON (413 above).
+    pub max_input_bytes: usize,
+    /// Nesting of arrays and objects in any JSON the API accepts (400 above).
+    pub max_json_depth: usize,
 }
 
 /// Who may call the API. No tokens means an open API, allowed on loopback only.
@@ -168,6 +182,27 @@ struct Raw {
     retention: RawRetention,
     testing: RawTesting,
     auth: RawAuth,
+    limits: RawLimits,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawLimits {
+    max_header_bytes: usize,
+    max_definition_bytes: usize,
+    max_input_bytes: usize,
+    max_json_depth: usize,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        RawLimits {
+            max_header_bytes: 16 * 1024,
+            max_definition_bytes: 64 * 1024,
+            max_input_bytes: 64 * 1024,
+            max_json_depth: 32,
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -548,6 +583,25 @@ impl Raw {
                 "participants.previous_signing_secret: set only during a rotation, next to participants.signing_secret".into(),
             ));
         }
+        positive(
+            "limits.max_definition_bytes",
+            self.limits.max_definition_bytes,
+        )?;
+        positive("limits.max_input_bytes", self.limits.max_input_bytes)?;
+        // actix-web refuses more than 32 KiB of headers by itself, without a problem body.
+        if !(1024..=32 * 1024).contains(&self.limits.max_header_bytes) {
+            return Err(Error(format!(
+                "limits.max_header_bytes: must be between 1024 and 32768, got {}",
+                self.limits.max_header_bytes
+            )));
+        }
+        // serde_json stops at 128 levels whatever is configured.
+        if !(2..=100).contains(&self.limits.max_json_depth) {
+            return Err(Error(format!(
+                "limits.max_json_depth: must be between 2 and 100, got {}",
+                self.limits.max_json_depth
+            )));
+        }
         let tokens = self.auth.tokens.validate()?;
         let allow = crate::allow::AllowList::parse(
             &self.participants.allow.items(),
@@ -638,6 +692,12 @@ impl Raw {
                 interval: duration("retention.interval", &self.retention.interval)?,
             },
             auth: AuthSettings { tokens },
+            limits: LimitsSettings {
+                max_header_bytes: self.limits.max_header_bytes,
+                max_definition_bytes: self.limits.max_definition_bytes,
+                max_input_bytes: self.limits.max_input_bytes,
+                max_json_depth: self.limits.max_json_depth,
+            },
             testing: TestingSettings {
                 pause_at: match self.testing.pause_at.as_str() {
                     "" => None,

@@ -163,6 +163,7 @@ pub async fn list(
 /// `GET /v1/admin/transactions/{id}`: the transaction and every event of its timeline.
 pub async fn detail(
     state: web::Data<AppState>,
+    _: web::Query<super::NoQuery>,
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
     let id = *id;
@@ -237,6 +238,7 @@ fn operator_action(body: &[u8]) -> Result<OperatorAction, ApiError> {
 /// fresh retry budget (after the participant was fixed). 409 when it is not stuck.
 pub async fn retry(
     state: web::Data<AppState>,
+    _: web::Query<super::NoQuery>,
     caller: Caller,
     id: web::Path<Uuid>,
     body: web::Bytes,

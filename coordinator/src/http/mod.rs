@@ -5,6 +5,7 @@ pub mod auth;
 pub mod definitions;
 pub mod error;
 pub mod health;
+pub mod limits;
 pub mod sagas;
 pub mod transactions;
 pub mod ui;
@@ -123,6 +124,12 @@ fn json_error(e: JsonPayloadError) -> ApiError {
             "unsupported_media_type",
             "send the body as application/json",
         ),
+        JsonPayloadError::Deserialize(e) if e.to_string().contains("recursion limit") => {
+            ApiError::bad_request(
+                "json_too_deep",
+                "the body nests arrays and objects more than 128 levels deep",
+            )
+        }
         JsonPayloadError::Deserialize(e) if e.is_data() => ApiError::unprocessable(
             "invalid_body",
             format!("the body does not match the schema: {e}"),
@@ -182,6 +189,11 @@ pub async fn fetch(
         )
     })
 }
+
+/// The query of a route that takes none: any parameter is a 400 `invalid_query`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoQuery {}
 
 pub fn json<T: serde::Serialize>(status: actix_web::http::StatusCode, body: &T) -> HttpResponse {
     HttpResponse::build(status).json(body)

@@ -67,6 +67,7 @@ pub async fn start(
     let wait = parse_wait(query.wait.as_deref(), state.settings.server.max_wait)?;
     let key = idempotency_key(&req)?;
     let StartSaga { definition, input } = body.into_inner();
+    super::limits::check_value("input", &input, &state.settings.limits)?;
     let started = state
         .driver
         .start_saga(&definition, input, key.as_deref(), caller.name())

@@ -40,6 +40,15 @@ pub async fn start(
 ) -> Result<HttpResponse, ApiError> {
     let wait = parse_wait(query.wait.as_deref(), state.settings.server.max_wait)?;
     let key = idempotency_key(&req)?;
+    for (i, p) in body.participants.iter().flatten().enumerate() {
+        if let Some(payload) = &p.payload {
+            super::limits::check_value(
+                &format!("participants[{i}].payload"),
+                payload,
+                &state.settings.limits,
+            )?;
+        }
+    }
     let started = state
         .driver
         .start_transaction(&body, key.as_deref(), caller.name())
@@ -80,11 +89,15 @@ pub async fn get(
 /// `POST /v1/transactions/{id}/branches`: a TCC branch, after its Try succeeded.
 pub async fn register_branch(
     state: web::Data<AppState>,
+    _: web::Query<super::NoQuery>,
     caller: Caller,
     id: web::Path<Uuid>,
     body: web::Json<NewBranch>,
 ) -> Result<HttpResponse, ApiError> {
     let id = *id;
+    if let Some(payload) = &body.payload {
+        super::limits::check_value("payload", payload, &state.settings.limits)?;
+    }
     let spec =
         driver::twopc_branch_spec("branch", &body, false, &state.settings.participants.allow)
             .map_err(|e| {

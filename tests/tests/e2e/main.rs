@@ -8,6 +8,7 @@ mod cli;
 mod crash_recovery;
 mod dashboard;
 mod definitions;
+mod hostile;
 mod lifecycle;
 mod order_workflow;
 mod outgoing;
