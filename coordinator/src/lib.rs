@@ -13,3 +13,4 @@ pub mod settings;
 pub mod specs;
 pub mod store;
 pub mod telemetry;
+pub mod tls;

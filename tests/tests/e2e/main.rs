@@ -15,6 +15,7 @@ mod outgoing;
 mod ownership;
 mod sagas;
 mod support;
+mod tls;
 mod twopc;
 mod twopc_crash;
 mod xa_participant;
