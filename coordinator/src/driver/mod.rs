@@ -36,7 +36,7 @@ use crate::store::{
 use workflow::{Event, SagaRun, Step, Workflow};
 
 pub use call::traceparent;
-pub use operator::Retried;
+pub use operator::Acted;
 pub use twopc::{branch_spec as twopc_branch_spec, CloseError, Closed, TxStartError};
 
 /// Messages to a running saga task.
