@@ -151,15 +151,14 @@ impl Driver {
         sent_ms: u64,
     ) -> Result<Acted, store::Error> {
         let clock = self.clock();
+        // A resumed transaction is loaded like a recovery claim (an undecided 2PC
+        // presumes abort); any other action is fed as itself. Nothing of the
+        // previous owner's is in flight here: `in_flight` is never stored.
         let mut step: Step<W::Call> = if action == Action::Resume {
-            empty_step()
+            w.on(Event::Resume, clock)
         } else {
             w.on(Event::Operator { action, note }, clock)
         };
-        // Nothing is in flight for the new owner; an undecided 2PC presumes abort.
-        let resumed = w.on(Event::Resume, clock);
-        step.calls.extend(resumed.calls);
-        step.transitions.extend(resumed.transitions);
         let mut events = vec![record];
         events.extend(self.transition_records(&step.transitions));
         let write = StateWrite {
@@ -273,14 +272,5 @@ fn operator_event_kind(action: &Action) -> &'static str {
         Action::Compensate => "operator_compensate",
         Action::Skip { .. } => "operator_skip",
         Action::Resolve => "operator_resolve",
-    }
-}
-
-fn empty_step<C>() -> Step<C> {
-    Step {
-        calls: Vec::new(),
-        durable: false,
-        transitions: Vec::new(),
-        close: None,
     }
 }
