@@ -226,6 +226,10 @@ pub struct AdminPage {
     pub next_cursor: Option<String>,
     /// Transactions per state over the whole table (the stuck count is the to-do list).
     pub counts: std::collections::BTreeMap<String, i64>,
+    /// States whose count is the planner's estimate (finished states on a large
+    /// table); in-flight states, `stuck` included, are always exact.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub counts_estimated: Vec<String>,
 }
 
 /// One entry of a transaction's timeline.

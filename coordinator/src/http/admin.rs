@@ -265,10 +265,12 @@ pub async fn list(
     } else {
         None
     };
+    let (counts, counts_estimated) = store::admin::counts(&state.pool).await?;
     let page = AdminPage {
         items: items.into_iter().map(summary).collect(),
         next_cursor,
-        counts: store::admin::counts(&state.pool).await?,
+        counts,
+        counts_estimated,
     };
     Ok(json(StatusCode::OK, &page))
 }

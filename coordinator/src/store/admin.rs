@@ -108,17 +108,62 @@ pub async fn list(pool: &Pool, filter: &Filter) -> Result<Vec<Listed>> {
     Ok(rows.iter().map(listed).collect())
 }
 
-/// Transactions per state.
-pub async fn counts(pool: &Pool) -> Result<BTreeMap<String, i64>> {
+/// Counts per state. In-flight states are always counted exactly (a small partial
+/// index); finished states are counted exactly on small tables and estimated from
+/// the planner's statistics on large ones, where counting would scan millions of
+/// index entries on every page. Returns the counts and the states estimated.
+pub async fn counts(pool: &Pool) -> Result<(BTreeMap<String, i64>, Vec<String>)> {
     let client = pool.get().await?;
-    let rows = client
-        .query(
-            "SELECT state, count(*) FROM transactions GROUP BY state",
+    let stats = client
+        .query_one(
+            "SELECT c.reltuples::float8, s.most_common_vals::text::text[], s.most_common_freqs::float8[]
+               FROM pg_class c
+               LEFT JOIN pg_stats s ON s.schemaname = current_schema()
+                    AND s.tablename = 'transactions' AND s.attname = 'state'
+              WHERE c.oid = 'transactions'::regclass",
             &[],
         )
         .await?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    let rows_estimate: f64 = stats.get(0);
+    let common: Option<Vec<String>> = stats.get(1);
+    let freqs: Option<Vec<f64>> = stats.get(2);
+    let mut counts: BTreeMap<String, i64> = BTreeMap::new();
+    let mut estimated = Vec::new();
+    let in_flight_only = rows_estimate > ESTIMATE_ABOVE_ROWS as f64;
+    let sql = if in_flight_only {
+        "SELECT state, count(*) FROM transactions WHERE state IN (
+             'running', 'compensating', 'stuck', 'active', 'preparing', 'committing', 'aborting')
+          GROUP BY state"
+    } else {
+        "SELECT state, count(*) FROM transactions GROUP BY state"
+    };
+    for row in client.query(sql, &[]).await? {
+        counts.insert(row.get(0), row.get(1));
+    }
+    if in_flight_only {
+        for (state, freq) in common
+            .unwrap_or_default()
+            .into_iter()
+            .zip(freqs.unwrap_or_default())
+        {
+            if FINISHED.contains(&state.as_str()) {
+                counts.insert(state.clone(), (freq * rows_estimate).round() as i64);
+                estimated.push(state);
+            }
+        }
+    }
+    Ok((counts, estimated))
 }
+
+/// Above this many rows (by the planner's estimate), finished states are estimated.
+const ESTIMATE_ABOVE_ROWS: i64 = 200_000;
+const FINISHED: &[&str] = &[
+    "completed",
+    "compensated",
+    "committed",
+    "aborted",
+    "resolved",
+];
 
 /// One transaction's summary.
 pub async fn one(pool: &Pool, id: Uuid) -> Result<Option<Listed>> {
