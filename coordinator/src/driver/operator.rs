@@ -71,15 +71,6 @@ impl Driver {
             Applies::AlreadyInEffect => return Ok(Acted::AlreadyInEffect { state: row.state }),
             Applies::Yes => {}
         }
-        if row.kind == "twopc" && row.state == TxStatus::Active.as_str() {
-            // Rolling back an interactive transaction is closing it: the close reads
-            // the registered branches under lock (only compensate applies here).
-            return self.abort_active(id, actor, note).await;
-        }
-        let lock = match self.operator_lock(id).await {
-            Some(lock) => lock,
-            None => return Ok(Acted::Busy),
-        };
         let record = EventRecord {
             kind: operator_event_kind(&action),
             step: match &action {
@@ -94,6 +85,19 @@ impl Driver {
                 _ => serde_json::json!({ "note": note }),
             }),
             ..EventRecord::default()
+        };
+        if row.kind == "twopc" && row.state == TxStatus::Active.as_str() {
+            // Rolling back an interactive transaction is closing it: the close reads
+            // the registered branches under lock (only compensate applies here).
+            let acted = self.abort_active(id, actor, note).await?;
+            if matches!(acted, Acted::Done { .. }) {
+                store::admin::record_event(&self.pool, id, &record).await?;
+            }
+            return Ok(acted);
+        }
+        let lock = match self.operator_lock(id).await {
+            Some(lock) => lock,
+            None => return Ok(Acted::Busy),
         };
         if action == Action::Pause {
             let paused = store::admin::pause(&self.pool, id, row.fence, &record).await?;

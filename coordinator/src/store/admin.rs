@@ -257,6 +257,18 @@ pub async fn pause(pool: &Pool, id: Uuid, fence: i64, event: &EventRecord) -> Re
     Ok(n == 1)
 }
 
+/// Appends one event to a transaction's timeline (no state changes with it).
+pub async fn record_event(pool: &Pool, id: Uuid, event: &EventRecord) -> Result<()> {
+    let client = pool.get().await?;
+    client
+        .execute(
+            "INSERT INTO events (transaction_id, kind, step, actor, detail) VALUES ($1, $2, $3, $4, $5)",
+            &[&id, &event.kind, &event.step, &event.actor, &event.detail],
+        )
+        .await?;
+    Ok(())
+}
+
 /// Gives an operator-written transaction back without an owner (it is finished,
 /// or nobody needs to drive it).
 pub async fn disown(pool: &Pool, id: Uuid, fence: i64) -> Result<()> {

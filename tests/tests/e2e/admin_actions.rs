@@ -307,6 +307,12 @@ async fn compensate_aborts_an_active_two_phase_transaction() {
     assert_eq!(done.state, "aborted");
     assert_eq!(p.calls_to("/stock/cancel").len(), 1);
     assert!(p.calls_to("/stock/confirm").is_empty());
+    let recorded = events_of(&world, tx.id, "operator_compensate").await;
+    assert_eq!(recorded.len(), 1);
+    assert_eq!(
+        recorded[0].detail.as_ref().unwrap()["note"],
+        "order withdrawn"
+    );
     // Aborted and finished: nothing left to compensate, and no commit either.
     assert_eq!(act(&world, tx.id, "compensate", json!({})).await.0, 409);
     assert!(matches!(
