@@ -277,7 +277,7 @@ impl Driver {
                 let row = store::transactions::get(&self.pool, id).await?;
                 // A stuck saga waits for an operator; a stuck 2PC transaction keeps retrying.
                 let settled = row.as_ref().is_none_or(|r| match r.state.as_str() {
-                    "completed" | "compensated" | "committed" | "aborted" => true,
+                    "completed" | "compensated" | "committed" | "aborted" | "resolved" => true,
                     "stuck" => r.kind == "saga",
                     _ => false,
                 });

@@ -489,8 +489,11 @@ async fn resolve_closes_a_stuck_saga_with_a_note() {
         resolved[0].detail.as_ref().unwrap()["note"],
         "refunded by hand"
     );
-    let saga = client.get_saga(id).await.unwrap();
-    assert_eq!(saga.state, "resolved");
+    let saga = client.wait_saga(id, WAIT).await.unwrap();
+    assert_eq!(
+        saga.state, "resolved",
+        "a resolved saga is settled for waiters"
+    );
     assert_eq!(saga.reason.as_deref(), Some("refunded by hand"));
     let listed = client.admin_list(&[("state", "resolved")]).await.unwrap();
     assert_eq!(listed.items.len(), 1);
