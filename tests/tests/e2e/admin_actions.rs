@@ -608,3 +608,87 @@ async fn bulk_actions_count_with_a_dry_run_and_then_apply() {
     assert_eq!(bad_filter.status().as_u16(), 400);
     world.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_two_phase_commit_is_retried_now_paused_resumed_and_resolved() {
+    let world = World::start_with(|s| {
+        s.twopc.max_attempts = 2;
+        s.twopc.initial_backoff = Duration::from_millis(10);
+        // Once stuck, phase two is retried every half hour: only "retry now" is quicker.
+        s.twopc.max_backoff = Duration::from_secs(1800);
+    })
+    .await;
+    let client = &world.coordinator.client;
+    let p = &world.participant;
+    p.set_default("/a/commit", Answer::status(503));
+    let branch = |name: &str| NewBranch {
+        name: name.into(),
+        prepare_url: Some(p.url(&format!("/{name}/prepare"))),
+        commit_url: p.url(&format!("/{name}/commit")),
+        abort_url: p.url(&format!("/{name}/abort")),
+        payload: None,
+    };
+    let new = || NewTransaction {
+        participants: Some(vec![branch("a"), branch("b")]),
+        timeout: Some("10m".into()),
+    };
+    let tx = client.create_transaction(&new()).await.unwrap();
+    until("the transaction is stuck", || async {
+        client.get_transaction(tx.id).await.unwrap().state == "stuck"
+    })
+    .await;
+    // Pause and resume: still stuck, still owned by nobody in between.
+    assert_eq!(
+        act(
+            &world,
+            tx.id,
+            "pause",
+            json!({ "note": "a is being fixed" })
+        )
+        .await
+        .0,
+        200
+    );
+    assert!(
+        client
+            .admin_list(&[("state", "stuck")])
+            .await
+            .unwrap()
+            .items[0]
+            .paused
+    );
+    assert_not_applicable(&act(&world, tx.id, "retry", json!({})).await, "paused");
+    assert_eq!(act(&world, tx.id, "resume", json!({})).await.0, 200);
+
+    // Fixed: retry now sends the commit at once instead of in half an hour.
+    p.set_default("/a/commit", Answer::ok(json!({})));
+    let answer = act(&world, tx.id, "retry", json!({ "note": "a redeployed" })).await;
+    assert_eq!(answer.0, 200, "{answer:?}");
+    let done = client.wait_transaction(tx.id, WAIT).await.unwrap();
+    assert_eq!(done.state, "committed");
+    assert_not_applicable(&act(&world, tx.id, "resolve", json!({})).await, "finished");
+
+    // Another one stuck for good is resolved by hand.
+    p.set_default("/a/commit", Answer::status(503));
+    let tx = client.create_transaction(&new()).await.unwrap();
+    until("the second transaction is stuck", || async {
+        client.get_transaction(tx.id).await.unwrap().state == "stuck"
+    })
+    .await;
+    let answer = act(
+        &world,
+        tx.id,
+        "resolve",
+        json!({ "note": "committed in a's console" }),
+    )
+    .await;
+    assert_eq!(
+        (answer.0, answer.1["state"].as_str()),
+        (200, Some("resolved"))
+    );
+    assert_eq!(
+        client.get_transaction(tx.id).await.unwrap().state,
+        "resolved"
+    );
+    world.stop().await;
+}
