@@ -13,7 +13,6 @@ use super::workflow::{Event, SagaRun, Step, TxRun, Workflow};
 use super::{Closed, Command, Driver};
 use crate::lock::Token;
 use crate::machine::operator::{Action, Applies};
-use crate::machine::saga::Saga;
 use crate::machine::twopc::{TwoPc, TxStatus, Verdict};
 use crate::store::batch::StateWrite;
 use crate::store::transactions::TransactionRow;
@@ -58,9 +57,8 @@ impl Driver {
             return Ok(Acted::NotFound);
         };
         let judged = if row.kind == "saga" {
-            serde_json::from_value::<Saga>(row.progress.clone())
-                .map_err(corrupt)?
-                .applies(&action, paused)
+            let run = self.saga_run(&row).await?;
+            run.saga.applies(&run.spec, &action, paused)
         } else {
             serde_json::from_value::<TwoPc>(row.progress.clone())
                 .map_err(corrupt)?

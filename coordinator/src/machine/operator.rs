@@ -6,6 +6,7 @@
 use serde_json::Value;
 
 use super::saga::{Saga, SagaStatus, StepStatus, Transition};
+use super::spec::SagaSpec;
 use super::twopc::{TwoPc, TxStatus, Verdict};
 
 /// What an operator asks for.
@@ -52,7 +53,7 @@ pub enum Applies {
 
 impl Saga {
     /// Judges an action against this saga; `paused` is the row's flag.
-    pub fn applies(&self, action: &Action, paused: bool) -> Applies {
+    pub fn applies(&self, spec: &SagaSpec, action: &Action, paused: bool) -> Applies {
         let state = self.status.as_str();
         if self.status.is_terminal() {
             return match (action, self.status) {
@@ -87,9 +88,15 @@ impl Saga {
                         "the saga is {state}: only steps of a running saga can be skipped"
                     ));
                 }
-                let Some(s) = self.steps.iter().find(|s| &s.name == step) else {
+                let Some(i) = self.steps.iter().position(|s| &s.name == step) else {
                     return Applies::No(format!("the saga has no step named '{step}'"));
                 };
+                if let Some(waiting) = self.unfinished_dependency(spec, i) {
+                    return Applies::No(format!(
+                        "step '{step}' waits for '{waiting}'; skip or finish that one first"
+                    ));
+                }
+                let s = &self.steps[i];
                 match s.status {
                     StepStatus::Pending | StepStatus::Running => Applies::Yes,
                     StepStatus::Succeeded if s.output.as_ref() == Some(output) => {
@@ -110,8 +117,21 @@ impl Saga {
         }
     }
 
+    /// A dependency of step `i` that has not succeeded: a step is never done before
+    /// its dependencies, not even by an operator's hand.
+    fn unfinished_dependency(&self, spec: &SagaSpec, i: usize) -> Option<&str> {
+        spec.steps.get(i)?.depends_on.iter().find_map(|&d| {
+            (self.steps[d].status != StepStatus::Succeeded).then_some(self.steps[d].name.as_str())
+        })
+    }
+
     /// Applies an action that [`Saga::applies`] accepted (pause and resume change nothing here).
-    pub(super) fn operate(&mut self, action: Action, note: Option<String>) -> Vec<Transition> {
+    pub(super) fn operate(
+        &mut self,
+        spec: &SagaSpec,
+        action: Action,
+        note: Option<String>,
+    ) -> Vec<Transition> {
         let mut transitions = Vec::new();
         match action {
             Action::Retry if self.status == SagaStatus::Stuck => {
@@ -151,6 +171,7 @@ impl Saga {
                     self.steps[i].status,
                     StepStatus::Pending | StepStatus::Running
                 ) || self.steps[i].in_flight
+                    || self.unfinished_dependency(spec, i).is_some()
                 {
                     return transitions;
                 }

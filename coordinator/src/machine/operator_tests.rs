@@ -132,7 +132,7 @@ fn table_of_what_applies_to_a_saga() {
         ("running", true, Action::Retry, no("the saga is paused; resume it before you retry")),
         ("running", false, Action::Compensate, Yes),
         ("running", false, skip("charge"), Yes),
-        ("running", false, skip("ship"), Yes),
+        ("running", false, skip("ship"), no("step 'ship' waits for 'charge'; skip or finish that one first")),
         ("running", false, skip("nope"), no("the saga has no step named 'nope'")),
         ("running", false, skip("reserve"), no("step 'reserve' is succeeded; only a pending or failing step can be skipped")),
         ("running", false, Action::Resolve, no("the saga is running; only a stuck transaction can be resolved")),
@@ -146,10 +146,11 @@ fn table_of_what_applies_to_a_saga() {
         ("completed", false, Action::Retry, no("the saga is completed: it is finished")),
         ("completed", false, Action::Resolve, no("the saga is completed: it is finished")),
     ];
+    let spec = checkout();
     for (situation, paused, action, expected) in cases {
         let saga = saga_in(situation);
         assert_eq!(
-            saga.applies(&action, paused),
+            saga.applies(&spec, &action, paused),
             expected,
             "{} on a {situation} saga (paused: {paused})",
             action.name()
@@ -279,7 +280,7 @@ fn a_resolved_saga_is_terminal_and_keeps_the_note() {
     assert_eq!(saga.reason.as_deref(), Some("refunded by hand"));
     assert_eq!(saga.wake_at(20), None);
     assert_eq!(
-        saga.applies(&Action::Resolve, false),
+        saga.applies(&spec, &Action::Resolve, false),
         Applies::AlreadyInEffect
     );
 }

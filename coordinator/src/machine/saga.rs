@@ -254,9 +254,11 @@ impl Saga {
                 }
             }
             Event::OperatorRetry => {
-                self.operator_event(super::operator::Action::Retry, None, &mut decision)
+                self.operator_event(spec, super::operator::Action::Retry, None, &mut decision)
             }
-            Event::Operator { action, note } => self.operator_event(action, note, &mut decision),
+            Event::Operator { action, note } => {
+                self.operator_event(spec, action, note, &mut decision)
+            }
         }
         self.advance(spec, clock, &mut decision);
         decision
@@ -462,12 +464,15 @@ impl Saga {
 
     fn operator_event(
         &mut self,
+        spec: &SagaSpec,
         action: super::operator::Action,
         note: Option<String>,
         decision: &mut Decision,
     ) {
         let before = self.clone();
-        decision.transitions.extend(self.operate(action, note));
+        decision
+            .transitions
+            .extend(self.operate(spec, action, note));
         decision.durable |= *self != before;
     }
 
