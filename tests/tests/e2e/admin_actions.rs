@@ -506,6 +506,18 @@ async fn resolve_closes_a_stuck_saga_with_a_note() {
             .0,
         422
     );
+    let long_note = "x".repeat(2001);
+    assert_eq!(
+        act(&world, id, "resolve", json!({ "note": long_note }))
+            .await
+            .0,
+        422
+    );
+    let nobody = act(&world, Uuid::now_v7(), "resolve", json!({})).await;
+    assert_eq!(
+        (nobody.0, nobody.1["code"].as_str()),
+        (404, Some("transaction_not_found"))
+    );
     world.stop().await;
 }
 
