@@ -212,6 +212,9 @@ pub struct AdminTransaction {
     pub updated_at: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_attempt_at: Option<String>,
+    /// An operator paused it: nobody drives it until it is resumed.
+    #[serde(default)]
+    pub paused: bool,
 }
 
 /// A page of the operators' list, newest first, with counts per state.
@@ -223,6 +226,10 @@ pub struct AdminPage {
     pub next_cursor: Option<String>,
     /// Transactions per state over the whole table (the stuck count is the to-do list).
     pub counts: std::collections::BTreeMap<String, i64>,
+    /// States whose count is the planner's estimate (finished states on a large
+    /// table); in-flight states, `stuck` included, are always exact.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub counts_estimated: Vec<String>,
 }
 
 /// One entry of a transaction's timeline.
@@ -268,6 +275,43 @@ pub struct OperatorAction {
     /// Why, for the timeline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+}
+
+/// Body of `POST /v1/admin/transactions/{id}/skip`: mark a saga step done with
+/// this output, after the participant was fixed by hand.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SkipAction {
+    pub step: String,
+    /// The step's output, as its action would have returned it (default null).
+    #[serde(default)]
+    pub output: serde_json::Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// Body of `POST /v1/admin/transactions/actions/{action}` (filters in the query).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BulkAction {
+    /// Only count what matches; change nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// The answer to a bulk action.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BulkResult {
+    pub action: String,
+    pub dry_run: bool,
+    /// Transactions the filter matched.
+    pub matched: u64,
+    /// Those the action was applied to.
+    pub applied: u64,
+    /// Those it did not apply to (or that were already in that state, or busy).
+    pub skipped: u64,
 }
 
 /// The answer to an accepted operator action.

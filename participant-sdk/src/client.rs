@@ -18,8 +18,8 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::api::{
-    ActionAccepted, AdminDetail, AdminPage, NewBranch, NewTransaction, OperatorAction, Problem,
-    Saga, SagaDefinition, SagaDefinitionSummary, StartSaga, Transaction,
+    ActionAccepted, AdminDetail, AdminPage, BulkAction, BulkResult, NewBranch, NewTransaction,
+    OperatorAction, Problem, Saga, SagaDefinition, SagaDefinitionSummary, StartSaga, Transaction,
 };
 use crate::protocol::IDEMPOTENCY_KEY_HEADER;
 
@@ -512,6 +512,53 @@ impl CoordinatorClient {
                 &["v1", "admin", "transactions", &id.to_string(), "retry"],
             )?
             .json(&body);
+        Ok(self.send(request).await?.0)
+    }
+
+    /// Any operator action on one transaction (`retry`, `pause`, `resume`,
+    /// `compensate`, `skip`, `resolve`); `body` is `{"note"}` (skip: `{"step", "output", "note"}`).
+    ///
+    /// ```no_run
+    /// # async fn run(client: settle_participant::client::CoordinatorClient, id: uuid::Uuid) -> Result<(), settle_participant::client::Error> {
+    /// client.admin_action(id, "pause", &serde_json::json!({ "note": "payments is down" })).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn admin_action(
+        &self,
+        id: Uuid,
+        action: &str,
+        body: &serde_json::Value,
+    ) -> Result<ActionAccepted> {
+        let request = self
+            .request(
+                Method::POST,
+                &["v1", "admin", "transactions", &id.to_string(), action],
+            )?
+            .json(body);
+        Ok(self.send(request).await?.0)
+    }
+
+    /// An operator action on every transaction the list filters in `query` match.
+    ///
+    /// ```no_run
+    /// # async fn run(client: settle_participant::client::CoordinatorClient) -> Result<(), settle_participant::client::Error> {
+    /// let body = settle_participant::api::BulkAction { dry_run: true, note: None };
+    /// let counted = client.admin_bulk("resolve", &[("state", "stuck")], &body).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn admin_bulk(
+        &self,
+        action: &str,
+        query: &[(&str, &str)],
+        body: &BulkAction,
+    ) -> Result<BulkResult> {
+        let request = self
+            .request(
+                Method::POST,
+                &["v1", "admin", "transactions", "actions", action],
+            )?
+            .query(query)
+            .json(body);
         Ok(self.send(request).await?.0)
     }
 

@@ -1,5 +1,6 @@
 //! The `settle` command line: `serve`, `migrate`, and the operator commands `tx` and `def`.
 
+mod filters;
 mod ops;
 
 use std::path::PathBuf;
@@ -27,6 +28,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once per run: the size of the filters in `Tx` does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the coordinator: HTTP API, saga driver and recovery.

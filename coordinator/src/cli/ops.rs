@@ -5,8 +5,11 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 use serde::Serialize;
+use settle_participant::api::BulkAction;
 use settle_participant::client::CoordinatorClient;
 use uuid::Uuid;
+
+use super::filters::Filters;
 
 /// Where the coordinator is, for the operator commands.
 #[derive(Debug, Args)]
@@ -42,27 +45,59 @@ impl Target {
 pub enum Tx {
     /// List transactions, newest first (`--state stuck` is the to-do list).
     List {
-        #[arg(long)]
-        state: Option<String>,
-        #[arg(long)]
-        kind: Option<String>,
-        #[arg(long)]
-        definition: Option<String>,
-        /// Created longer ago than this, e.g. 5m.
-        #[arg(long)]
-        older_than: Option<String>,
+        #[command(flatten)]
+        filters: Filters,
         #[arg(long, default_value_t = 50)]
         limit: u32,
+        /// Continue where a previous page ended (its `next` cursor).
+        #[arg(long)]
+        cursor: Option<String>,
     },
     /// One transaction with its timeline.
     Show { id: Uuid },
-    /// Send a stuck saga back to compensation with a fresh retry budget.
-    Retry {
+    /// Retry now: a stuck saga compensates again with a fresh budget; a step or
+    /// phase-two call waiting on its backoff is called at once.
+    Retry(Acting),
+    /// Stop retries and driving until `resume`.
+    Pause(Acting),
+    /// Drive a paused transaction again.
+    Resume(Acting),
+    /// Roll back: a running saga compensates, an undecided 2PC transaction aborts.
+    Compensate(Acting),
+    /// Mark a saga step done with an output, after fixing its participant by hand.
+    Skip {
         id: Uuid,
+        #[arg(long)]
+        step: String,
+        /// The step's output as JSON (default null).
+        #[arg(long)]
+        output: Option<String>,
         /// Why, for the timeline.
         #[arg(long)]
         note: Option<String>,
     },
+    /// Close a stuck transaction for good.
+    Resolve(Acting),
+    /// Apply retry, pause, resume, compensate or resolve to every match of the filters.
+    Bulk {
+        action: String,
+        #[command(flatten)]
+        filters: Filters,
+        /// Only count the matches.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        note: Option<String>,
+    },
+}
+
+/// One transaction and the operator's note.
+#[derive(Debug, Args)]
+pub struct Acting {
+    pub id: Uuid,
+    /// Why, for the timeline.
+    #[arg(long)]
+    pub note: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -92,36 +127,33 @@ pub async fn tx(target: &Target, command: Tx) -> anyhow::Result<()> {
     let client = target.client()?;
     match command {
         Tx::List {
-            state,
-            kind,
-            definition,
-            older_than,
+            filters,
             limit,
+            cursor,
         } => {
-            let limit = limit.to_string();
-            let mut query: Vec<(&str, &str)> = vec![("limit", &limit)];
-            for (key, value) in [
-                ("state", &state),
-                ("kind", &kind),
-                ("definition", &definition),
-                ("older_than", &older_than),
-            ] {
-                if let Some(v) = value {
-                    query.push((key, v));
-                }
+            let mut owned = filters.query();
+            owned.push(("limit", limit.to_string()));
+            if let Some(c) = cursor {
+                owned.push(("cursor", c));
             }
+            let query: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
             let page = client.admin_list(&query).await?;
             print(target.json, &page, |page| {
                 let mut out = format!(
-                    "{:<36}  {:<5}  {:<12}  {:<20}  {:<24}  REASON\n",
+                    "{:<36}  {:<5}  {:<19}  {:<20}  {:<24}  REASON\n",
                     "ID", "KIND", "STATE", "DEFINITION", "UPDATED"
                 );
                 for t in &page.items {
+                    let state = if t.paused {
+                        format!("{} (paused)", t.state)
+                    } else {
+                        t.state.clone()
+                    };
                     out.push_str(&format!(
-                        "{:<36}  {:<5}  {:<12}  {:<20}  {:<24}  {}\n",
+                        "{:<36}  {:<5}  {:<19}  {:<20}  {:<24}  {}\n",
                         t.id,
                         t.kind,
-                        t.state,
+                        state,
                         t.definition.as_deref().unwrap_or("-"),
                         t.updated_at,
                         t.reason.as_deref().unwrap_or("")
@@ -133,6 +165,9 @@ pub async fn tx(target: &Target, command: Tx) -> anyhow::Result<()> {
                     .map(|(s, n)| format!("{s}={n}"))
                     .collect();
                 out.push_str(&format!("counts: {}\n", counts.join(" ")));
+                if let Some(next) = &page.next_cursor {
+                    out.push_str(&format!("more: --cursor {next}\n"));
+                }
                 out
             })
         }
@@ -186,13 +221,67 @@ pub async fn tx(target: &Target, command: Tx) -> anyhow::Result<()> {
                 out
             })
         }
-        Tx::Retry { id, note } => {
-            let accepted = client.admin_retry(id, note.as_deref()).await?;
+        Tx::Retry(a) => act(&client, target, a, "retry").await,
+        Tx::Pause(a) => act(&client, target, a, "pause").await,
+        Tx::Resume(a) => act(&client, target, a, "resume").await,
+        Tx::Compensate(a) => act(&client, target, a, "compensate").await,
+        Tx::Resolve(a) => act(&client, target, a, "resolve").await,
+        Tx::Skip {
+            id,
+            step,
+            output,
+            note,
+        } => {
+            let output: serde_json::Value = match output {
+                Some(text) => serde_json::from_str(&text)
+                    .map_err(|e| anyhow::anyhow!("--output is not JSON: {e}"))?,
+                None => serde_json::Value::Null,
+            };
+            let body = serde_json::json!({ "step": step, "output": output, "note": note });
+            let accepted = client.admin_action(id, "skip", &body).await?;
             print(target.json, &accepted, |a| {
-                format!("{} is {} again\n", a.id, a.state)
+                format!("{}: skip {step} applied, now {}\n", a.id, a.state)
+            })
+        }
+        Tx::Bulk {
+            action,
+            filters,
+            dry_run,
+            note,
+        } => {
+            let owned = filters.query();
+            let query: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let result = client
+                .admin_bulk(&action, &query, &BulkAction { dry_run, note })
+                .await?;
+            print(target.json, &result, |r| {
+                if r.dry_run {
+                    format!(
+                        "{}: {} would be considered (dry run)\n",
+                        r.action, r.matched
+                    )
+                } else {
+                    format!(
+                        "{}: matched {}, applied {}, skipped {}\n",
+                        r.action, r.matched, r.applied, r.skipped
+                    )
+                }
             })
         }
     }
+}
+
+async fn act(
+    client: &CoordinatorClient,
+    target: &Target,
+    acting: Acting,
+    action: &str,
+) -> anyhow::Result<()> {
+    let body = serde_json::json!({ "note": acting.note });
+    let accepted = client.admin_action(acting.id, action, &body).await?;
+    print(target.json, &accepted, |a| {
+        format!("{}: {action} applied, now {}\n", a.id, a.state)
+    })
 }
 
 pub async fn def(target: &Target, command: Def) -> anyhow::Result<()> {

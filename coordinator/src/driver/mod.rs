@@ -37,7 +37,7 @@ use crate::store::{
 use workflow::{Event, SagaRun, Step, Workflow};
 
 pub use call::traceparent;
-pub use operator::Retried;
+pub use operator::Acted;
 pub use twopc::{branch_spec as twopc_branch_spec, CloseError, Closed, TxStartError};
 
 /// Messages to a running saga task.
@@ -288,7 +288,7 @@ impl Driver {
                 let row = store::transactions::get(&self.pool, id).await?;
                 // A stuck saga waits for an operator; a stuck 2PC transaction keeps retrying.
                 let settled = row.as_ref().is_none_or(|r| match r.state.as_str() {
-                    "completed" | "compensated" | "committed" | "aborted" => true,
+                    "completed" | "compensated" | "committed" | "aborted" | "resolved" => true,
                     "stuck" => r.kind == "saga",
                     _ => false,
                 });

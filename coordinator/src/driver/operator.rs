@@ -1,113 +1,278 @@
-//! Operator actions that put a transaction back in motion. Retrying a stuck saga
-//! takes it over like a recovery claim (Redis lock, fresh fence) and records who
-//! asked, and why, on its timeline.
+//! Operator actions (retry now, pause, resume, compensate, skip, resolve). The
+//! machine judges whether an action applies; the operator then takes the
+//! transaction over like a recovery claim (Redis lock, fresh fence, so whoever
+//! drove it stops at its next write), writes the new state with an event naming
+//! the actor and the note, and drives it from here if it still needs driving.
 
 use std::sync::Arc;
 
 use uuid::Uuid;
 
 use super::run::Run;
-use super::workflow::{Event, SagaRun, Workflow};
-use super::Driver;
-use crate::machine::saga::Saga;
+use super::workflow::{Event, SagaRun, Step, TxRun, Workflow};
+use super::{Closed, Command, Driver};
+use crate::lock::Token;
+use crate::machine::operator::{Action, Applies};
+use crate::machine::twopc::{TwoPc, TxStatus, Verdict};
 use crate::store::batch::StateWrite;
+use crate::store::transactions::TransactionRow;
 use crate::store::{
     self,
     transactions::{EventRecord, Written},
 };
 
-/// What a retry request found.
+/// What an operator action came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Retried {
-    /// Compensation resumes, driven by this instance.
-    Now,
-    /// Nothing to retry: the transaction is in this state.
-    NotStuck(String),
-    /// Another instance holds the transaction's lock right now.
+pub enum Acted {
+    /// Applied and durable; the transaction is now in this state.
+    Done {
+        state: String,
+    },
+    /// Asked again: already in effect, nothing written.
+    AlreadyInEffect {
+        state: String,
+    },
+    /// Does not apply to the transaction as it is, and why.
+    NotApplicable(String),
+    /// Another instance holds the transaction's lock, or acted on it meanwhile.
     Busy,
     NotFound,
 }
 
+fn corrupt(e: impl std::fmt::Display) -> store::Error {
+    store::Error::Corrupt(e.to_string())
+}
+
 impl Driver {
-    /// Sends a stuck saga back to compensation with a fresh retry budget.
-    #[tracing::instrument(skip_all, fields(transaction_id = %id))]
-    pub async fn operator_retry(
+    /// Judges `action` against the transaction's current state and applies it.
+    #[tracing::instrument(skip_all, fields(transaction_id = %id, action = action.name()))]
+    pub async fn operate(
         self: &Arc<Self>,
         id: Uuid,
+        action: Action,
         actor: &str,
         note: Option<&str>,
-    ) -> Result<Retried, store::Error> {
-        let lock = match self.locks.acquire(id, self.lease_duration()).await {
-            Ok(Some(token)) => Some(token),
-            Ok(None) => return Ok(Retried::Busy),
-            Err(_) => None,
+    ) -> Result<Acted, store::Error> {
+        let Some((row, paused)) = store::admin::for_action(&self.pool, id).await? else {
+            return Ok(Acted::NotFound);
         };
-        let sent_ms = self.monotonic_ms();
-        let Some(row) =
-            store::transactions::take_stuck(&self.pool, id, self.instance(), self.lease_duration())
-                .await?
-        else {
-            if let Some(token) = &lock {
-                let _ = self.locks.release(id, token).await;
-            }
-            return Ok(match store::transactions::get(&self.pool, id).await? {
-                Some(row) => Retried::NotStuck(row.state),
-                None => Retried::NotFound,
-            });
+        let judged = if row.kind == "saga" {
+            let run = self.saga_run(&row).await?;
+            run.saga.applies(&run.spec, &action, paused)
+        } else {
+            serde_json::from_value::<TwoPc>(row.progress.clone())
+                .map_err(corrupt)?
+                .applies(&action, paused)
         };
-        let spec = match (row.definition.as_deref(), row.version) {
-            (Some(name), Some(version)) => self
-                .specs
-                .get(name, version)
-                .await
-                .map_err(|e| store::Error::Corrupt(e.to_string()))?,
-            _ => return Err(store::Error::Corrupt("a saga without a definition".into())),
-        };
-        let saga: Saga = serde_json::from_value(row.progress.clone())
-            .map_err(|e| store::Error::Corrupt(e.to_string()))?;
-        let mut run = SagaRun {
-            spec,
-            saga,
-            input: Arc::new(row.input.clone()),
-        };
-        let clock = self.clock();
-        let mut step = run.on(Event::OperatorRetry, clock);
-        let mut events = vec![EventRecord {
-            kind: "operator_retry",
+        match judged {
+            Applies::No(why) => return Ok(Acted::NotApplicable(why)),
+            Applies::AlreadyInEffect => return Ok(Acted::AlreadyInEffect { state: row.state }),
+            Applies::Yes => {}
+        }
+        let record = EventRecord {
+            kind: operator_event_kind(&action),
+            step: match &action {
+                Action::Skip { step, .. } => Some(step.clone()),
+                _ => None,
+            },
             actor: actor.to_string(),
-            detail: note.map(|n| serde_json::json!({ "note": n })),
+            detail: Some(match &action {
+                Action::Skip { output, .. } => {
+                    serde_json::json!({ "note": note, "output": output })
+                }
+                _ => serde_json::json!({ "note": note }),
+            }),
             ..EventRecord::default()
-        }];
+        };
+        if row.kind == "twopc" && row.state == TxStatus::Active.as_str() {
+            // Rolling back an interactive transaction is closing it: the close reads
+            // the registered branches under lock (only compensate applies here).
+            let acted = self.abort_active(id, actor, note).await?;
+            if matches!(acted, Acted::Done { .. }) {
+                store::admin::record_event(&self.pool, id, &record).await?;
+            }
+            return Ok(acted);
+        }
+        let lock = match self.operator_lock(id).await {
+            Some(lock) => lock,
+            None => return Ok(Acted::Busy),
+        };
+        if action == Action::Pause {
+            let paused = store::admin::pause(&self.pool, id, row.fence, &record).await?;
+            self.stop_local(id);
+            self.release_lock(id, lock).await;
+            tracing::info!(actor, "paused by an operator");
+            return Ok(if paused {
+                Acted::Done { state: row.state }
+            } else {
+                Acted::Busy
+            });
+        }
+        let sent_ms = self.monotonic_ms();
+        let resume = action == Action::Resume;
+        let Some(fence) = store::admin::take_over(
+            &self.pool,
+            id,
+            row.fence,
+            self.instance(),
+            self.lease_duration(),
+            resume,
+        )
+        .await?
+        else {
+            self.release_lock(id, lock).await;
+            return Ok(Acted::Busy);
+        };
+        self.stop_local(id);
+        let note = note.map(str::to_owned);
+        let acted = if row.kind == "saga" {
+            let run = self.saga_run(&row).await?;
+            self.apply(id, fence, run, action, note, record, lock, sent_ms)
+                .await?
+        } else {
+            let tx: TwoPc = serde_json::from_value(row.progress.clone()).map_err(corrupt)?;
+            self.apply(id, fence, TxRun { tx }, action, note, record, lock, sent_ms)
+                .await?
+        };
+        tracing::info!(actor, ?acted, "operator action");
+        Ok(acted)
+    }
+
+    /// Feeds the action to the machine, writes the result (fenced) before answering,
+    /// and drives the transaction on if it still needs driving.
+    #[allow(clippy::too_many_arguments)]
+    async fn apply<W: Workflow>(
+        self: &Arc<Self>,
+        id: Uuid,
+        fence: i64,
+        mut w: W,
+        action: Action,
+        note: Option<String>,
+        record: EventRecord,
+        lock: Option<Token>,
+        sent_ms: u64,
+    ) -> Result<Acted, store::Error> {
+        let clock = self.clock();
+        // A resumed transaction is loaded like a recovery claim (an undecided 2PC
+        // presumes abort); any other action is fed as itself. Nothing of the
+        // previous owner's is in flight here: `in_flight` is never stored.
+        let mut step: Step<W::Call> = if action == Action::Resume {
+            w.on(Event::Resume, clock)
+        } else {
+            w.on(Event::Operator { action, note }, clock)
+        };
+        let mut events = vec![record];
         events.extend(self.transition_records(&step.transitions));
-        // Durable before the answer: the caller reads `compensating` right away.
-        let progress = run
-            .progress()
-            .map_err(|e| store::Error::Corrupt(e.to_string()))?;
         let write = StateWrite {
             id,
-            fence: row.fence,
-            state: run.state(),
-            progress,
-            reason: run.reason().map(str::to_owned),
-            next_ms: run.wake_at(clock.now),
+            fence,
+            state: w.state(),
+            progress: w.progress().map_err(corrupt)?,
+            reason: w.reason().map(str::to_owned),
+            next_ms: w.wake_at(clock.now),
             lease_ms: self.lease_duration().as_millis() as i64,
             events,
         };
         if self.writer.write(write).await? == Written::OwnershipLost {
-            // Another operator's retry took it over between our claim and our write.
-            if let Some(token) = &lock {
-                let _ = self.locks.release(id, token).await;
-            }
-            return Ok(Retried::Busy);
+            self.release_lock(id, lock).await;
+            return Ok(Acted::Busy);
         }
-        step.durable = false;
-        tracing::info!(actor, "operator retry of a stuck saga");
-        let run = Run {
-            id,
-            fence: row.fence,
-            w: run,
+        self.notify_waiters(id);
+        let state = w.state().to_string();
+        if w.is_active() {
+            step.durable = false;
+            step.transitions.clear();
+            self.adopt(Run { id, fence, w }, (step, Vec::new()), lock, sent_ms);
+        } else {
+            store::admin::disown(&self.pool, id, fence).await?;
+            self.release_lock(id, lock).await;
+        }
+        Ok(Acted::Done { state })
+    }
+
+    async fn saga_run(&self, row: &TransactionRow) -> Result<SagaRun, store::Error> {
+        let spec = match (row.definition.as_deref(), row.version) {
+            (Some(name), Some(version)) => self.specs.get(name, version).await.map_err(corrupt)?,
+            _ => return Err(corrupt("a saga without a definition")),
         };
-        self.adopt(run, (step, Vec::new()), lock, sent_ms);
-        Ok(Retried::Now)
+        Ok(SagaRun {
+            spec,
+            saga: serde_json::from_value(row.progress.clone()).map_err(corrupt)?,
+            input: Arc::new(row.input.clone()),
+        })
+    }
+
+    async fn abort_active(
+        self: &Arc<Self>,
+        id: Uuid,
+        actor: &str,
+        note: Option<&str>,
+    ) -> Result<Acted, store::Error> {
+        let reason = match note {
+            Some(n) => format!("aborted by an operator: {n}"),
+            None => "aborted by an operator".to_string(),
+        };
+        match self
+            .close_transaction(id, Verdict::Abort, Some(reason), actor)
+            .await
+        {
+            Ok(Closed::Now) => Ok(Acted::Done {
+                state: TxStatus::Aborting.as_str().into(),
+            }),
+            Ok(Closed::Already { state, verdict }) => Ok(match verdict {
+                Some(Verdict::Abort) => Acted::AlreadyInEffect { state },
+                _ => Acted::NotApplicable(format!(
+                    "the transaction is {state}: it was closed meanwhile"
+                )),
+            }),
+            Ok(Closed::NotFound) => Ok(Acted::NotFound),
+            Err(e) => Err(corrupt(e)),
+        }
+    }
+
+    /// The Redis lock for an operator action: the one this instance already holds
+    /// for a transaction it drives, or a fresh one. None when another instance holds
+    /// it; `Some(None)` when Redis is away (the fence still guards the state).
+    async fn operator_lock(&self, id: Uuid) -> Option<Option<Token>> {
+        let held = {
+            let mut owned = self.owned.lock().unwrap_or_else(|p| p.into_inner());
+            owned.get_mut(&id).map(|o| o.lock.take())
+        };
+        if let Some(token) = held {
+            return Some(token);
+        }
+        match self.locks.acquire(id, self.lease_duration()).await {
+            Ok(Some(token)) => Some(Some(token)),
+            Ok(None) => None,
+            Err(_) => Some(None),
+        }
+    }
+
+    async fn release_lock(&self, id: Uuid, lock: Option<Token>) {
+        if let Some(token) = lock {
+            let _ = self.locks.release(id, &token).await;
+        }
+    }
+
+    /// Tells this instance's task for the transaction, if any, that it lost it.
+    fn stop_local(&self, id: Uuid) {
+        let removed = {
+            let mut owned = self.owned.lock().unwrap_or_else(|p| p.into_inner());
+            owned.remove(&id)
+        };
+        if let Some(o) = removed {
+            let _ = o.commands.send(Command::OwnershipLost);
+        }
+    }
+}
+
+fn operator_event_kind(action: &Action) -> &'static str {
+    match action {
+        Action::Retry => "operator_retry",
+        Action::Pause => "operator_pause",
+        Action::Resume => "operator_resume",
+        Action::Compensate => "operator_compensate",
+        Action::Skip { .. } => "operator_skip",
+        Action::Resolve => "operator_resolve",
     }
 }

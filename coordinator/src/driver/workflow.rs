@@ -21,9 +21,16 @@ pub(super) enum Event<C> {
     Start,
     Resume,
     Tick,
-    Reply { call: C, outcome: Outcome },
+    Reply {
+        call: C,
+        outcome: Outcome,
+    },
     Cancel,
-    OperatorRetry,
+    /// An operator action the machine accepted (see `machine::operator`).
+    Operator {
+        action: crate::machine::operator::Action,
+        note: Option<String>,
+    },
 }
 
 /// A machine decision in the loop's terms.
@@ -80,7 +87,7 @@ impl Workflow for SagaRun {
             Event::Resume => saga::Event::Resume,
             Event::Tick => saga::Event::Tick,
             Event::Cancel => saga::Event::Cancel,
-            Event::OperatorRetry => saga::Event::OperatorRetry,
+            Event::Operator { action, note } => saga::Event::Operator { action, note },
             Event::Reply { call, outcome } => saga::Event::Reply {
                 step: call.step,
                 phase: call.phase,
@@ -102,6 +109,7 @@ impl Workflow for SagaRun {
                     saga::Transition::Retrying => {
                         ("compensating", Some("retried by an operator".into()))
                     }
+                    saga::Transition::Resolved => ("resolved", self.saga.reason.clone()),
                 })
                 .collect(),
             close: None,
@@ -172,7 +180,8 @@ impl Workflow for TxRun {
         let event = match event {
             Event::Start => twopc::Event::Start,
             Event::Resume => twopc::Event::Resume,
-            Event::Tick | Event::Cancel | Event::OperatorRetry => twopc::Event::Tick,
+            Event::Tick | Event::Cancel => twopc::Event::Tick,
+            Event::Operator { action, note } => twopc::Event::Operator { action, note },
             Event::Reply { call, outcome } => twopc::Event::Reply {
                 branch: call.branch,
                 phase: call.phase,
@@ -259,6 +268,7 @@ pub(super) fn step_of(d: twopc::Decision) -> Step<twopc::Call> {
                     verdict: Verdict::Abort,
                 } => ("aborted", None),
                 twopc::Transition::Stuck { reason } => ("stuck", Some(reason)),
+                twopc::Transition::Resolved => ("resolved", None),
             })
             .collect(),
         close: d.close,

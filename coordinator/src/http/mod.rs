@@ -90,10 +90,14 @@ pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceCon
                         web::post().to(transactions::abort),
                     )
                     .route("/admin/transactions", web::get().to(admin::list))
+                    .route(
+                        "/admin/transactions/actions/{action}",
+                        web::post().to(admin::bulk),
+                    )
                     .route("/admin/transactions/{id}", web::get().to(admin::detail))
                     .route(
-                        "/admin/transactions/{id}/retry",
-                        web::post().to(admin::retry),
+                        "/admin/transactions/{id}/{action}",
+                        web::post().to(admin::act),
                     ),
             )
             .default_service(web::to(not_found));

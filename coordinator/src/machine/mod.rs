@@ -2,6 +2,7 @@
 //! decisions. Nothing here performs I/O, reads the wall clock or awaits; the
 //! driver (`crate::driver`) carries out what the machines decide.
 
+pub mod operator;
 pub mod retry;
 pub mod saga;
 pub mod spec;

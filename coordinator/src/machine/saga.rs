@@ -20,6 +20,8 @@ pub enum SagaStatus {
     Completed,
     Compensated,
     Stuck,
+    /// An operator closed a stuck saga for good, with a note.
+    Resolved,
 }
 
 impl SagaStatus {
@@ -31,12 +33,16 @@ impl SagaStatus {
             SagaStatus::Completed => "completed",
             SagaStatus::Compensated => "compensated",
             SagaStatus::Stuck => "stuck",
+            SagaStatus::Resolved => "resolved",
         }
     }
 
     /// Terminal states never change again.
     pub fn is_terminal(self) -> bool {
-        matches!(self, SagaStatus::Completed | SagaStatus::Compensated)
+        matches!(
+            self,
+            SagaStatus::Completed | SagaStatus::Compensated | SagaStatus::Resolved
+        )
     }
 
     /// States in which the coordinator keeps driving the saga by itself.
@@ -98,6 +104,11 @@ pub enum Event {
     /// An operator fixed what made the saga stuck: compensation resumes with a
     /// fresh retry budget.
     OperatorRetry,
+    /// An operator action that [`Saga::applies`] accepted, with the operator's note.
+    Operator {
+        action: super::operator::Action,
+        note: Option<String>,
+    },
 }
 
 /// A participant call the driver must make.
@@ -121,6 +132,8 @@ pub enum Transition {
     },
     /// An operator sent a stuck saga back to compensation.
     Retrying,
+    /// An operator resolved a stuck saga.
+    Resolved,
 }
 
 /// What the driver does after an event.
@@ -241,19 +254,10 @@ impl Saga {
                 }
             }
             Event::OperatorRetry => {
-                if self.status == SagaStatus::Stuck {
-                    for step in &mut self.steps {
-                        step.in_flight = false;
-                        if step.status == StepStatus::Compensating {
-                            step.compensation_failures = 0;
-                            step.polls = 0;
-                            step.next_attempt_at = None;
-                        }
-                    }
-                    self.status = SagaStatus::Compensating;
-                    decision.durable = true;
-                    decision.transitions.push(Transition::Retrying);
-                }
+                self.operator_event(spec, super::operator::Action::Retry, None, &mut decision)
+            }
+            Event::Operator { action, note } => {
+                self.operator_event(spec, action, note, &mut decision)
             }
         }
         self.advance(spec, clock, &mut decision);
@@ -456,6 +460,32 @@ impl Saga {
                 }
             }
         }
+    }
+
+    fn operator_event(
+        &mut self,
+        spec: &SagaSpec,
+        action: super::operator::Action,
+        note: Option<String>,
+        decision: &mut Decision,
+    ) {
+        let before = self.clone();
+        decision
+            .transitions
+            .extend(self.operate(spec, action, note));
+        decision.durable |= *self != before;
+    }
+
+    /// Turns a running saga to compensation; the transition for the timeline.
+    pub(super) fn enter_compensation_for(&mut self, reason: String) -> Transition {
+        let mut decision = Decision::default();
+        self.enter_compensation(reason, &mut decision);
+        decision
+            .transitions
+            .pop()
+            .unwrap_or(Transition::Compensating {
+                reason: String::new(),
+            })
     }
 
     fn enter_compensation(&mut self, reason: String, decision: &mut Decision) {

@@ -492,6 +492,9 @@ enum Move {
     Cancel,
     /// The process dies: outstanding calls are lost, the saga is reloaded.
     Crash,
+    /// An operator takes the saga over (outstanding calls are lost, as in a crash)
+    /// and acts, if the action applies: 0 retry, 1 compensate, 2 skip step n, 3 resolve.
+    Operator(u8, usize),
 }
 
 fn arb_moves() -> impl Strategy<Value = Vec<Move>> {
@@ -501,6 +504,7 @@ fn arb_moves() -> impl Strategy<Value = Vec<Move>> {
             3 => (1u16..3_000).prop_map(Move::Wait),
             1 => Just(Move::Cancel),
             1 => Just(Move::Crash),
+            1 => (0u8..4, 0usize..8).prop_map(|(k, n)| Move::Operator(k, n)),
         ],
         0..60,
     )
@@ -599,6 +603,25 @@ fn play(spec: &SagaSpec, moves: &[Move]) -> History {
                 &mut outstanding,
                 &mut history,
             ),
+            Move::Operator(kind, n) => {
+                let action = match kind {
+                    0 => crate::machine::operator::Action::Retry,
+                    1 => crate::machine::operator::Action::Compensate,
+                    2 => crate::machine::operator::Action::Skip {
+                        step: spec.steps[n % spec.steps.len()].name.clone(),
+                        output: json!("by hand"),
+                    },
+                    _ => crate::machine::operator::Action::Resolve,
+                };
+                if saga.applies(spec, &action, false) != crate::machine::operator::Applies::Yes {
+                    continue;
+                }
+                outstanding.clear();
+                let stored = serde_json::to_value(&saga).unwrap();
+                saga = serde_json::from_value(stored).unwrap();
+                let event = Event::Operator { action, note: None };
+                apply(&mut saga, event, now, &mut outstanding, &mut history);
+            }
             Move::Crash => {
                 outstanding.clear();
                 let stored = serde_json::to_value(&saga).unwrap();

@@ -21,6 +21,8 @@ pub enum TxStatus {
     /// Decided, but a branch has not acknowledged within its attempt budget;
     /// retries go on at the maximum backoff.
     Stuck,
+    /// An operator closed a stuck transaction for good, with a note.
+    Resolved,
 }
 
 impl TxStatus {
@@ -34,11 +36,15 @@ impl TxStatus {
             TxStatus::Aborting => "aborting",
             TxStatus::Aborted => "aborted",
             TxStatus::Stuck => "stuck",
+            TxStatus::Resolved => "resolved",
         }
     }
 
     pub fn is_terminal(self) -> bool {
-        matches!(self, TxStatus::Committed | TxStatus::Aborted)
+        matches!(
+            self,
+            TxStatus::Committed | TxStatus::Aborted | TxStatus::Resolved
+        )
     }
 }
 
@@ -181,6 +187,11 @@ pub enum Event {
         phase: TxPhase,
         outcome: Outcome,
     },
+    /// An operator action that [`TwoPc::applies`] accepted, with the operator's note.
+    Operator {
+        action: super::operator::Action,
+        note: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -203,6 +214,8 @@ pub enum Transition {
     Stuck {
         reason: String,
     },
+    /// An operator resolved a stuck transaction.
+    Resolved,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -285,6 +298,7 @@ impl TwoPc {
                     }
                 }
             }
+            Event::Operator { action, note } => self.operate(action, note, &mut decision),
         }
         self.advance(clock, &mut decision);
         decision
@@ -492,6 +506,47 @@ impl TwoPc {
                 self.reason = Some(reason.clone());
                 decision.transitions.push(Transition::Stuck { reason });
             }
+        }
+    }
+
+    /// Applies an operator action (pause and resume change nothing here). An
+    /// active interactive transaction is rolled back through [`TwoPc::close`], which
+    /// needs the registered branches.
+    fn operate(
+        &mut self,
+        action: super::operator::Action,
+        note: Option<String>,
+        decision: &mut Decision,
+    ) {
+        use super::operator::Action;
+        match action {
+            Action::Retry => {
+                for b in &mut self.branches {
+                    if !b.acknowledged() && !b.in_flight && b.next_attempt_at.is_some() {
+                        b.next_attempt_at = None;
+                        decision.durable = true;
+                    }
+                }
+            }
+            Action::Compensate if self.status == TxStatus::Preparing => {
+                let reason = match note {
+                    Some(n) => format!("aborted by an operator: {n}"),
+                    None => "aborted by an operator".to_string(),
+                };
+                self.decide(Verdict::Abort, Some(reason), decision);
+            }
+            Action::Resolve if self.status == TxStatus::Stuck => {
+                self.status = TxStatus::Resolved;
+                if note.is_some() {
+                    self.reason = note;
+                }
+                for b in &mut self.branches {
+                    b.next_attempt_at = None;
+                }
+                decision.durable = true;
+                decision.transitions.push(Transition::Resolved);
+            }
+            _ => {}
         }
     }
 

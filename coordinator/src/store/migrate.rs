@@ -20,6 +20,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "admin_listing",
         include_str!("../../../migrations/0003_admin_listing.sql"),
     ),
+    (
+        4,
+        "admin_filters",
+        include_str!("../../../migrations/0004_admin_filters.sql"),
+    ),
 ];
 
 /// Arbitrary constant naming Settle's migration lock.

@@ -17,7 +17,7 @@ pub async fn purge(pool: &Pool, older_than: Duration, batch: i64) -> Result<u64>
         .execute(
             "DELETE FROM transactions WHERE id IN (
                 SELECT id FROM transactions
-                 WHERE state IN ('completed', 'compensated', 'committed', 'aborted')
+                 WHERE state IN ('completed', 'compensated', 'committed', 'aborted', 'resolved')
                    AND created_at < now() - ($1::bigint * interval '1 millisecond')
                    AND updated_at < now() - ($1::bigint * interval '1 millisecond')
                  LIMIT $2

@@ -138,12 +138,12 @@ pub struct TransactionRow {
     pub fence: i64,
 }
 
-const COLUMNS: &str =
+pub(super) const COLUMNS: &str =
     "id, kind, definition, version, state, input, progress, reason, cancel_requested, \
      deadline, next_attempt_at, created_at, updated_at, fence";
 
 impl TransactionRow {
-    fn from_row(row: &tokio_postgres::Row) -> Self {
+    pub(super) fn from_row(row: &tokio_postgres::Row) -> Self {
         TransactionRow {
             id: row.get("id"),
             kind: row.get("kind"),
@@ -196,6 +196,7 @@ pub async fn claim_due(
                      WHERE state IN ('running', 'compensating', 'active', 'preparing', 'committing', 'aborting', 'stuck')
                        AND next_attempt_at <= now()
                        AND lease_until < now()
+                       AND NOT paused
                      ORDER BY next_attempt_at
                      LIMIT $3
                      FOR UPDATE SKIP LOCKED)

@@ -91,3 +91,113 @@ async fn operators_list_show_and_retry_from_the_command_line() {
     std::fs::remove_dir_all(&dir).unwrap();
     world.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_filter_pause_resume_skip_resolve_and_bulk_from_the_command_line() {
+    let world = World::start().await;
+    let client = &world.coordinator.client;
+    world
+        .register(
+            "manual",
+            &crate::admin_actions::yaml_with_retry(
+                &world,
+                "manual",
+                "{ max_attempts: 100, initial_backoff: 10ms, max_backoff: 50ms }",
+                &[("label", false), ("ship", false)],
+            ),
+        )
+        .await;
+    world.participant.set_default("/label", Answer::status(503));
+    let saga = client
+        .start_saga("manual", json!({}), None, None)
+        .await
+        .unwrap();
+    let id = saga.id.to_string();
+    let prefix = &saga.id.simple().to_string()[..16];
+    let found = settle(
+        &world,
+        &[
+            "tx",
+            "list",
+            "--step",
+            "label",
+            "--id-prefix",
+            prefix,
+            "--state",
+            "running",
+        ],
+    )
+    .await;
+    assert!(found.contains(&id), "{found}");
+    let none = settle(&world, &["tx", "list", "--step", "nope", "--json"]).await;
+    let none: Value = serde_json::from_str(&none).unwrap();
+    assert_eq!(none["items"].as_array().unwrap().len(), 0);
+
+    let paused = settle(
+        &world,
+        &["tx", "pause", &id, "--note", "label printer jammed"],
+    )
+    .await;
+    assert!(paused.contains("pause applied"), "{paused}");
+    let listed = settle(&world, &["tx", "list", "--id-prefix", prefix]).await;
+    assert!(listed.contains("running (paused)"), "{listed}");
+    let resumed = settle(&world, &["tx", "resume", &id]).await;
+    assert!(resumed.contains("resume applied, now running"), "{resumed}");
+    let skipped = settle(
+        &world,
+        &[
+            "tx",
+            "skip",
+            &id,
+            "--step",
+            "label",
+            "--output",
+            r#"{"label":"by hand"}"#,
+        ],
+    )
+    .await;
+    assert!(skipped.contains("skip label applied"), "{skipped}");
+    assert_eq!(
+        client.wait_saga(saga.id, WAIT).await.unwrap().state,
+        "completed"
+    );
+
+    // A 409 is an error with the reason, and a non-zero exit.
+    let refused = tokio::process::Command::new(SETTLE_BIN)
+        .args(["tx", "resolve", &id, "--url", &world.coordinator.base_url])
+        .env("SETTLE__LOG__LEVEL", "warn")
+        .output()
+        .await
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("the saga is completed: it is finished"),
+        "{stderr}"
+    );
+
+    let dry = settle(
+        &world,
+        &[
+            "tx",
+            "bulk",
+            "resolve",
+            "--definition",
+            "manual",
+            "--dry-run",
+            "--json",
+        ],
+    )
+    .await;
+    let dry: Value = serde_json::from_str(&dry).unwrap();
+    assert_eq!(
+        (dry["matched"].as_u64(), dry["applied"].as_u64()),
+        (Some(1), Some(0))
+    );
+    let applied = settle(&world, &["tx", "bulk", "resolve", "--definition", "manual"]).await;
+    assert!(
+        applied.contains("matched 1, applied 0, skipped 1"),
+        "{applied}"
+    );
+    world.stop().await;
+}

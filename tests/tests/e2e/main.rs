@@ -2,6 +2,8 @@
 //! processes), real participant HTTP servers, real PostgreSQL and Redis.
 
 mod admin;
+mod admin_actions;
+mod admin_filters;
 mod api_errors;
 mod auth;
 mod cli;
