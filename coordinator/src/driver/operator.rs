@@ -103,6 +103,7 @@ impl Driver {
         step.durable = false;
         tracing::info!(actor, "operator retry of a stuck saga");
         let run = Run {
+            trace: super::recovery::trace_of(&row),
             id,
             fence: row.fence,
             w: run,

@@ -17,6 +17,7 @@ use crate::machine::twopc::{BranchSpec, TwoPc, Verdict};
 use crate::store::transactions::{EventRecord, Inserted, NewRow};
 use crate::store::twopc::{ClosedState, Registered};
 use crate::store::{self, twopc::Closed as StoreClosed};
+use crate::telemetry::TraceContext;
 
 const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 const MAX_BRANCHES: usize = 100;
@@ -84,6 +85,7 @@ impl Driver {
         request: &NewTransaction,
         idempotency_key: Option<&str>,
         actor: &str,
+        trace: Option<&TraceContext>,
     ) -> Result<Started, TxStartError> {
         if self.shutdown.is_cancelled() {
             return Err(TxStartError::ShuttingDown);
@@ -166,14 +168,25 @@ impl Driver {
                 owner: self.instance(),
                 lease: self.lease_duration(),
                 actor,
+                traceparent: trace.map(TraceContext::traceparent).as_deref(),
+                tracestate: trace.and_then(|t| t.tracestate.as_deref()),
             },
         )
         .await?;
         match inserted {
             Inserted::Created { fence } => {
                 tracing::info!(transaction_id = %id, mode = ?run.tx.mode, branches = run.tx.branches.len(), "transaction started");
+                self.metrics.started("twopc", "");
+                let trace = trace
+                    .cloned()
+                    .unwrap_or_else(|| TraceContext::of_transaction(id));
                 self.adopt(
-                    run::Run { id, fence, w: run },
+                    run::Run {
+                        id,
+                        fence,
+                        w: run,
+                        trace,
+                    },
                     (first, Vec::new()),
                     None,
                     sent_ms,
@@ -242,12 +255,18 @@ impl Driver {
             StoreClosed::Now {
                 fence,
                 value: (tx, step),
+                trace: (traceparent, tracestate),
             } => {
                 self.adopt(
                     run::Run {
                         id,
                         fence,
                         w: TxRun { tx },
+                        trace: TraceContext::stored_or_own(
+                            id,
+                            traceparent.as_deref(),
+                            tracestate.as_deref(),
+                        ),
                     },
                     (step, Vec::new()),
                     None,

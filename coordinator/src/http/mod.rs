@@ -50,6 +50,7 @@ pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceCon
             }))
             .route("/healthz", web::get().to(health::healthz))
             .route("/readyz", web::get().to(health::readyz))
+            .route("/metrics", web::get().to(health::metrics))
             .service(
                 web::scope("/v1")
                     .route("/saga-definitions", web::get().to(definitions::list))
@@ -179,6 +180,13 @@ pub async fn fetch(
             format!("no {kind} transaction with id {id}"),
         )
     })
+}
+
+/// The caller's W3C trace context (`traceparent`, `tracestate`); None when absent
+/// or invalid, and the transaction then starts a trace of its own (never an error).
+pub fn trace_context(req: &HttpRequest) -> Option<crate::telemetry::TraceContext> {
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+    crate::telemetry::TraceContext::parse(header("traceparent")?, header("tracestate"))
 }
 
 pub fn json<T: serde::Serialize>(status: actix_web::http::StatusCode, body: &T) -> HttpResponse {

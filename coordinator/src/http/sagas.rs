@@ -67,7 +67,13 @@ pub async fn start(
     let StartSaga { definition, input } = body.into_inner();
     let started = state
         .driver
-        .start_saga(&definition, input, key.as_deref(), API_ACTOR)
+        .start_saga(
+            &definition,
+            input,
+            key.as_deref(),
+            API_ACTOR,
+            super::trace_context(&req).as_ref(),
+        )
         .await?;
     match started {
         Started::New(id) => respond(&state, id, wait, StatusCode::CREATED).await,

@@ -40,7 +40,12 @@ pub async fn start(
     let key = idempotency_key(&req)?;
     let started = state
         .driver
-        .start_transaction(&body, key.as_deref(), API_ACTOR)
+        .start_transaction(
+            &body,
+            key.as_deref(),
+            API_ACTOR,
+            super::trace_context(&req).as_ref(),
+        )
         .await
         .map_err(|e| match e {
             driver::TxStartError::Invalid(invalid) => {

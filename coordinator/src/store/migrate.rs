@@ -20,6 +20,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "admin_listing",
         include_str!("../../../migrations/0003_admin_listing.sql"),
     ),
+    (
+        5,
+        "observability",
+        include_str!("../../../migrations/0005_observability.sql"),
+    ),
 ];
 
 /// Arbitrary constant naming Settle's migration lock.
@@ -75,6 +80,12 @@ async fn apply(client: &mut deadpool_postgres::Object) -> anyhow::Result<usize> 
         count += 1;
     }
     Ok(count)
+}
+
+/// Every migration version this binary embeds, for readiness checks (versions may
+/// have gaps while branches are merged, so "the newest is applied" is not enough).
+pub fn versions() -> impl Iterator<Item = i32> {
+    MIGRATIONS.iter().map(|m| m.0)
 }
 
 /// The newest migration this binary knows, for readiness checks.

@@ -127,6 +127,8 @@ pub enum Closed<T> {
     Now {
         fence: i64,
         value: T,
+        /// The stored W3C `traceparent` and `tracestate`, when the transaction was started with them.
+        trace: (Option<String>, Option<String>),
     },
     /// It was closed before (or never was interactive): its state and progress.
     Already {
@@ -151,7 +153,7 @@ pub async fn close<T>(
     let tx = client.transaction().await?;
     let Some(row) = tx
         .query_opt(
-            "SELECT state, progress, fence FROM transactions WHERE id = $1 AND kind = 'twopc' FOR UPDATE",
+            "SELECT state, progress, fence, traceparent, tracestate FROM transactions WHERE id = $1 AND kind = 'twopc' FOR UPDATE",
             &[&id],
         )
         .await?
@@ -161,6 +163,7 @@ pub async fn close<T>(
     let state: String = row.get(0);
     let progress: Value = row.get(1);
     let fence: i64 = row.get(2);
+    let trace = (row.get(3), row.get(4));
     if state != "active" {
         return Ok(Closed::Already { state, progress });
     }
@@ -208,5 +211,6 @@ pub async fn close<T>(
     Ok(Closed::Now {
         fence: row.get(0),
         value,
+        trace,
     })
 }
