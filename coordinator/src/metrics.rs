@@ -36,6 +36,7 @@ const FAMILIES: &[(&str, &str, &str, &[f64])] = &[
     ("settle_lock_acquire_failures_total", "counter", "Redis lock acquisitions that failed: held by another instance, or Redis unreachable.", &[]),
     ("settle_db_pool_connections", "gauge", "PostgreSQL pool: max, size (open), available (idle) and waiting (callers queued).", &[]),
     ("settle_write_batch_size", "histogram", "State writes carried by one group commit.", BATCH_BUCKETS),
+    ("settle_retention_purged_total", "counter", "Finished transactions purged past retention (with their timelines).", &[]),
     ("settle_webhook_deliveries_total", "counter", "Webhook delivery attempts by result.", &[]),
     ("settle_webhook_outbox_pending", "gauge", "Webhook notifications not yet delivered (cached for a few seconds).", &[]),
 ];
@@ -176,6 +177,10 @@ impl Metrics {
 
     pub fn write_batch(&self, size: usize) {
         self.observe("settle_write_batch_size", Vec::new(), size as f64);
+    }
+
+    pub fn purged(&self, transactions: u64) {
+        self.add("settle_retention_purged_total", Vec::new(), transactions);
     }
 
     pub fn webhook_delivery(&self, result: &str) {

@@ -7,19 +7,23 @@ use uuid::Uuid;
 
 use crate::settings::LogSettings;
 
+/// Installs the global subscriber: the log lines, plus (feature `otlp`, with
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` set) an OTLP/HTTP span exporter.
 pub fn init(log: &LogSettings) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
     let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new(&log.level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(true);
+    let registry = tracing_subscriber::registry().with(filter);
+    #[cfg(feature = "otlp")]
+    let registry = registry.with(otlp::layer());
+    let lines = tracing_subscriber::fmt::layer().with_target(true);
     let result = if log.json {
-        builder
-            .json()
-            .with_current_span(true)
-            .with_span_list(true)
+        registry
+            .with(lines.json().with_current_span(true).with_span_list(true))
             .try_init()
     } else {
-        builder.try_init()
+        registry.with(lines).try_init()
     };
     // Already initialised (tests start several applications in one process): keep the first.
     let _ = result;
@@ -111,10 +115,107 @@ impl TraceContext {
         format!("00-{}-{}-{:02x}", self.trace_id, self.parent_id, self.flags)
     }
 
-    /// The `traceparent` of one outgoing call: same trace, a new span id.
+    /// The `traceparent` of one outgoing call: same trace, a new span id (the
+    /// current span's, when OTLP export is on and the span is in this trace).
     pub fn child(&self) -> String {
+        #[cfg(feature = "otlp")]
+        if let Some(span) = otlp::current_span_id(&self.trace_id) {
+            return format!("00-{}-{span}-{:02x}", self.trace_id, self.flags);
+        }
         let span: u64 = rand::random::<u64>() | 1;
         format!("00-{}-{span:016x}-{:02x}", self.trace_id, self.flags)
+    }
+
+    /// Makes `span` (a transaction's task) a child of this context in exported
+    /// traces; without the `otlp` feature there is nothing to link.
+    pub fn link(&self, span: &tracing::Span) {
+        #[cfg(feature = "otlp")]
+        otlp::set_parent(span, self);
+        #[cfg(not(feature = "otlp"))]
+        let _ = span;
+    }
+}
+
+/// OTLP/HTTP export of spans (feature `otlp`). Configured by the standard
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` / `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` variables;
+/// without them nothing is exported.
+#[cfg(feature = "otlp")]
+mod otlp {
+    use opentelemetry::trace::{
+        SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, TracerProvider as _,
+    };
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+    use super::TraceContext;
+
+    pub fn layer<S>(
+    ) -> Option<tracing_opentelemetry::OpenTelemetryLayer<S, opentelemetry_sdk::trace::Tracer>>
+    where
+        S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
+    {
+        let configured = [
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        ]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some_and(|v| !v.is_empty()));
+        if !configured {
+            return None;
+        }
+        // The exporter's blocking HTTP client must not be made on an async worker thread.
+        let built = std::thread::spawn(|| {
+            opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .build()
+                .map_err(|e| e.to_string())
+        })
+        .join();
+        let exporter = match built {
+            Ok(Ok(exporter)) => exporter,
+            Ok(Err(e)) => {
+                eprintln!("OTLP export disabled: {e}");
+                return None;
+            }
+            Err(_) => {
+                eprintln!("OTLP export disabled: building the exporter failed");
+                return None;
+            }
+        };
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_resource(
+                opentelemetry_sdk::Resource::builder()
+                    .with_service_name("settle")
+                    .build(),
+            )
+            .build();
+        let tracer = provider.tracer("settle-coordinator");
+        opentelemetry::global::set_tracer_provider(provider);
+        Some(tracing_opentelemetry::layer().with_tracer(tracer))
+    }
+
+    pub fn set_parent(span: &tracing::Span, trace: &TraceContext) {
+        let (Ok(trace_id), Ok(span_id)) = (
+            TraceId::from_hex(&trace.trace_id),
+            SpanId::from_hex(&trace.parent_id),
+        ) else {
+            return;
+        };
+        let state = trace
+            .tracestate
+            .as_deref()
+            .and_then(|s| s.parse::<TraceState>().ok())
+            .unwrap_or_default();
+        let remote = SpanContext::new(trace_id, span_id, TraceFlags::new(trace.flags), true, state);
+        let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(remote));
+    }
+
+    /// The current span's id when it is exported and belongs to `trace_id`.
+    pub fn current_span_id(trace_id: &str) -> Option<String> {
+        let context = tracing::Span::current().context();
+        let span = context.span();
+        let sc = span.span_context();
+        (sc.is_valid() && sc.trace_id().to_string() == trace_id).then(|| sc.span_id().to_string())
     }
 }
 

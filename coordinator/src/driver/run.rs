@@ -64,6 +64,7 @@ impl Driver {
         mut commands: mpsc::UnboundedReceiver<Command>,
         lease: Arc<Lease>,
     ) {
+        run.trace.link(&tracing::Span::current());
         let (reply_tx, mut replies) = mpsc::unbounded_channel::<Reply<W::Call>>();
         let mut in_flight = 0usize;
         let mut pending = Some(first);
