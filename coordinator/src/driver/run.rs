@@ -159,7 +159,7 @@ impl Driver {
                 let id = run.id;
                 let actor = self.instance().to_string();
                 tokio::spawn(async move {
-                    if let Err(e) = me.close_transaction(id, verdict, Some("timeout".into()), &actor).await {
+                    if let Err(e) = me.close_transaction(id, verdict, Some("timeout".into()), &actor, None).await {
                         tracing::warn!(transaction_id = %id, error = %e, "closing at the deadline failed; recovery will retry");
                     }
                 });

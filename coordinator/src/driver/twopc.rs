@@ -217,7 +217,9 @@ impl Driver {
         verdict: Verdict,
         reason: Option<String>,
         actor: &str,
+        trace: Option<&TraceContext>,
     ) -> Result<Closed, CloseError> {
+        let traceparent = trace.map(TraceContext::traceparent);
         let clock = self.clock();
         let sent_ms = self.monotonic_ms();
         let closed = store::twopc::close(
@@ -225,6 +227,10 @@ impl Driver {
             id,
             self.instance(),
             self.lease_duration(),
+            (
+                traceparent.as_deref(),
+                trace.and_then(|t| t.tracestate.as_deref()),
+            ),
             |progress, branches| {
                 let mut tx: TwoPc = serde_json::from_value(progress).ok()?;
                 let decision = tx.close(verdict, branches, reason, clock);

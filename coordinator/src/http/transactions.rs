@@ -116,19 +116,21 @@ pub async fn register_branch(
 /// `POST /v1/transactions/{id}/commit`.
 pub async fn commit(
     state: web::Data<AppState>,
+    req: HttpRequest,
     id: web::Path<Uuid>,
     query: web::Query<WaitQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    close(&state, *id, Verdict::Commit, &query).await
+    close(&state, *id, Verdict::Commit, &query, &req).await
 }
 
 /// `POST /v1/transactions/{id}/abort`.
 pub async fn abort(
     state: web::Data<AppState>,
+    req: HttpRequest,
     id: web::Path<Uuid>,
     query: web::Query<WaitQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    close(&state, *id, Verdict::Abort, &query).await
+    close(&state, *id, Verdict::Abort, &query, &req).await
 }
 
 /// Commit and abort are idempotent: asking again for what was decided answers
@@ -138,12 +140,19 @@ async fn close(
     id: Uuid,
     verdict: Verdict,
     query: &WaitQuery,
+    req: &HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let wait = parse_wait(query.wait.as_deref(), state.settings.server.max_wait)?;
     let reason = (verdict == Verdict::Abort).then(|| "aborted by the client".to_string());
     let closed = state
         .driver
-        .close_transaction(id, verdict, reason, API_ACTOR)
+        .close_transaction(
+            id,
+            verdict,
+            reason,
+            API_ACTOR,
+            super::trace_context(req).as_ref(),
+        )
         .await
         .map_err(|e| match e {
             driver::CloseError::Store(s) => s.into(),

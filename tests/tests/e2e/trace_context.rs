@@ -221,3 +221,47 @@ async fn the_trace_survives_recovery_by_another_instance() {
     second.stop().await;
     participant.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interactive_transaction_started_untraced_takes_the_trace_of_its_commit() {
+    let world = World::start().await;
+    let base = world.coordinator.base_url.clone();
+    let http = reqwest::Client::new();
+    let tx: Value = http
+        .post(format!("{base}/v1/transactions"))
+        .json(&json!({ "timeout": "30s" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = tx["id"].as_str().unwrap().to_string();
+    let p = &world.participant;
+    let registered = http
+        .post(format!("{base}/v1/transactions/{id}/branches"))
+        .json(&json!({
+            "name": "x",
+            "commit_url": p.url("/x/commit"),
+            "abort_url": p.url("/x/abort"),
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert!(registered.status().is_success(), "{}", registered.status());
+    let committed = http
+        .post(format!("{base}/v1/transactions/{id}/commit?wait=20s"))
+        .header("traceparent", TRACEPARENT)
+        .header("tracestate", "k=v")
+        .send()
+        .await
+        .unwrap();
+    assert!(committed.status().is_success(), "{}", committed.status());
+    let committed: Value = committed.json().await.unwrap();
+    assert_eq!(committed["state"], "committed");
+    let calls = p.calls_to("/x/commit");
+    assert_eq!(calls.len(), 1);
+    assert_eq!(trace_of(&calls[0]).0, TRACE_ID);
+    assert_eq!(calls[0].tracestate.as_deref(), Some("k=v"));
+    world.stop().await;
+}
