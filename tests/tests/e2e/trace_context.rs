@@ -209,6 +209,9 @@ async fn the_trace_survives_recovery_by_another_instance() {
         .unwrap()
         .get::<_, i64>(0);
     assert_eq!(recovered, 1, "the second instance recovered the saga");
+    let samples = crate::metrics::scrape(&second.base_url).await;
+    assert_eq!(samples["settle_recovery_claims_total"], 1.0);
+    assert_eq!(samples["settle_recovery_lag_seconds_count"], 1.0);
     let b_calls = participant.calls_to("/b");
     assert_eq!(
         b_calls.len(),

@@ -1,13 +1,17 @@
 //! The stuck webhook: queued in the write that makes a saga stuck, POSTed signed
 //! like participant calls, retried until the receiver answers 2xx, then gone from
-//! the outbox; nothing is queued when no webhook is configured. Also `/readyz`
-//! naming a pending migration.
+//! the outbox, sent once by one of several instances; nothing is queued when no
+//! webhook is configured. Also `/readyz` naming a pending migration and an
+//! unreachable Postgres.
 
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use settle_coordinator::settings::Secret;
 use settle_participant::signature::{self, Verifier};
+use settle_tests::coordinator::{test_settings, TestCoordinator};
+use settle_tests::pg_cluster::{PgCluster, PgSettings};
+use settle_tests::redis_server;
 use settle_tests::scripted::{Answer, ScriptedParticipant};
 
 use crate::support::{count, saga_yaml, World, WAIT};
@@ -140,4 +144,60 @@ async fn readyz_names_a_migration_that_is_not_applied() {
     );
     assert_eq!(body["checks"]["redis"], "ok");
     world.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_deliver_a_stuck_notification_once() {
+    let receiver = ScriptedParticipant::start().await;
+    let hook = receiver.url("/hook");
+    let configure = |s: &mut settle_coordinator::settings::Settings| {
+        s.webhook.url = Some(hook.clone());
+        s.webhook.poll_interval = Duration::from_millis(20);
+    };
+    let world = World::start_with(configure).await;
+    let mut second_settings = test_settings(&world.db.url, redis_server::SHARED);
+    configure(&mut second_settings);
+    let second = TestCoordinator::start(second_settings).await;
+    make_stuck(&world, "hooked-twice").await;
+    settle_tests::eventually("the notification to be delivered", WAIT, || async {
+        (count(&world.db, "SELECT count(*) FROM webhook_outbox").await == 0
+            && !receiver.calls_to("/hook").is_empty())
+        .then_some(())
+    })
+    .await;
+    // Delivered rows are deleted, so nothing is left that either instance could send again.
+    assert_eq!(receiver.calls_to("/hook").len(), 1);
+    assert_eq!(
+        receiver.calls_to("/hook")[0].signature,
+        None,
+        "no secret, no signature"
+    );
+    second.stop().await;
+    world.stop().await;
+    receiver.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_says_why_when_postgres_is_unreachable() {
+    redis_server::require_shared().await;
+    let mut cluster = PgCluster::start(PgSettings::default()).await;
+    let mut settings = test_settings(&cluster.url("settle"), redis_server::SHARED);
+    settings.database.connect_timeout = Duration::from_millis(500);
+    let coordinator = TestCoordinator::start(settings).await;
+    let readyz = format!("{}/readyz", coordinator.base_url);
+    let ready = reqwest::get(&readyz).await.unwrap();
+    assert_eq!(ready.status().as_u16(), 200);
+    cluster.stop().await;
+    let response = reqwest::get(&readyz).await.unwrap();
+    assert_eq!(response.status().as_u16(), 503);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], "unavailable");
+    let postgres = body["checks"]["postgres"].as_str().unwrap();
+    assert!(postgres.starts_with("unreachable: "), "{postgres}");
+    assert_eq!(
+        body["checks"]["migrations"],
+        "unknown: postgres is unreachable"
+    );
+    assert_eq!(body["checks"]["redis"], "ok");
+    coordinator.stop().await;
 }
