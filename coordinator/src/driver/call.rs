@@ -37,12 +37,12 @@ pub async fn post(
     http: &reqwest::Client,
     out: &Outgoing,
     trace: &TraceContext,
-    secret: Option<&Secret>,
+    secrets: &[Secret],
     max_response_bytes: usize,
 ) -> Answered {
     let started = Instant::now();
     let (outcome, status, transport_error) =
-        match send(http, out, trace, secret, max_response_bytes).await {
+        match send(http, out, trace, secrets, max_response_bytes).await {
             Ok((outcome, status)) => (outcome, status, None),
             Err(error) => (
                 Outcome::Transient {
@@ -69,7 +69,7 @@ async fn send(
     http: &reqwest::Client,
     out: &Outgoing,
     trace: &TraceContext,
-    secret: Option<&Secret>,
+    secrets: &[Secret],
     max_response_bytes: usize,
 ) -> Result<(Outcome, Option<u16>), String> {
     let mut builder = http
@@ -81,14 +81,21 @@ async fn send(
     if let Some(state) = &trace.tracestate {
         builder = builder.header(TRACESTATE_HEADER, state);
     }
-    if let Some(secret) = secret {
+    if !secrets.is_empty() {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
         builder = builder.header(
             SIGNATURE_HEADER,
-            signature::sign(secret.expose().as_bytes(), now, &out.body),
+            signature::sign_with_all(
+                &secrets
+                    .iter()
+                    .map(|s| s.expose().as_bytes())
+                    .collect::<Vec<_>>(),
+                now,
+                &out.body,
+            ),
         );
     }
     let mut response = builder

@@ -305,7 +305,7 @@ impl Driver {
             return false;
         };
         let http = self.http.clone();
-        let secret = self.settings.participants.signing_secret.clone();
+        let secrets = self.signing_secrets.clone();
         let max = self.settings.participants.max_response_bytes;
         let permits = self.calls.clone();
         let trace = run.trace.clone();
@@ -315,7 +315,7 @@ impl Driver {
         tokio::spawn(tracing::Instrument::instrument(
             async move {
                 let permit = permits.acquire_owned().await;
-                let answered = call::post(&http, &out, &trace, secret.as_ref(), max).await;
+                let answered = call::post(&http, &out, &trace, &secrets, max).await;
                 drop(permit);
                 metrics.call(
                     &definition,

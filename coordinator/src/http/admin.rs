@@ -11,8 +11,9 @@ use settle_participant::api::{
 };
 use uuid::Uuid;
 
+use super::auth::Caller;
 use super::error::ApiError;
-use super::{json, views, AppState, API_ACTOR};
+use super::{json, views, AppState};
 use crate::driver::Retried;
 use crate::store::{self, admin::Filter, admin::Listed};
 
@@ -162,6 +163,7 @@ pub async fn list(
 /// `GET /v1/admin/transactions/{id}`: the transaction and every event of its timeline.
 pub async fn detail(
     state: web::Data<AppState>,
+    _: web::Query<super::NoQuery>,
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
     let id = *id;
@@ -236,6 +238,8 @@ fn operator_action(body: &[u8]) -> Result<OperatorAction, ApiError> {
 /// fresh retry budget (after the participant was fixed). 409 when it is not stuck.
 pub async fn retry(
     state: web::Data<AppState>,
+    _: web::Query<super::NoQuery>,
+    caller: Caller,
     id: web::Path<Uuid>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
@@ -248,7 +252,7 @@ pub async fn retry(
         )
         .with_field("note"));
     }
-    match state.driver.operator_retry(id, API_ACTOR, note.as_deref()).await? {
+    match state.driver.operator_retry(id, caller.name(), note.as_deref()).await? {
         Retried::Now => Ok(json(
             StatusCode::ACCEPTED,
             &ActionAccepted {

@@ -3,12 +3,16 @@
 
 mod admin;
 mod api_errors;
+mod auth;
 mod cli;
 mod crash_recovery;
+mod dashboard;
 mod definitions;
+mod hostile;
 mod lifecycle;
 mod metrics;
 mod order_workflow;
+mod outgoing;
 mod ownership;
 mod sagas;
 mod support;

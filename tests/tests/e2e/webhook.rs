@@ -67,7 +67,7 @@ async fn the_stuck_webhook_is_signed_and_retried_until_delivered() {
     for call in &calls {
         let verified = Verifier::new(vec![SECRET.as_bytes().to_vec()]).verify(
             call.signature.as_deref(),
-            &call.raw,
+            &call.raw_body,
             signature::now_unix(),
         );
         assert_eq!(verified, Ok(()), "signed like participant calls");
