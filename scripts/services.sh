@@ -69,7 +69,18 @@ ensure_browser() {
   install_packages chromium chromium-driver
 }
 
+# The TLS test makes its certificate with the openssl command.
+ensure_openssl() {
+  command -v openssl >/dev/null && return
+  if [ "${INSTALL_MISSING:-0}" != "1" ]; then
+    log "openssl is missing: the TLS test will fail. Install with: sudo apt-get install -y openssl"
+    return
+  fi
+  install_packages openssl
+}
+
 ensure_postgres
 ensure_redis
 ensure_browser
+ensure_openssl
 log "PostgreSQL and Redis are answering"

@@ -73,17 +73,27 @@ impl Application {
             anyhow::anyhow!("server.listen: cannot bind {}: {e}", settings.server.listen)
         })?;
         let port = listener.local_addr()?.port();
+        let tls = settings
+            .server
+            .tls
+            .as_ref()
+            .map(crate::tls::server_config)
+            .transpose()?;
         let server = HttpServer::new(move || {
             App::new()
                 .wrap(actix_web::middleware::from_fn(http::auth::gate))
                 .wrap(actix_web::middleware::from_fn(http::limits::guard_headers))
                 .wrap(actix_web::middleware::Logger::new("%r %s %Dms").log_target("settle::http"))
                 .configure(http::configure(state.clone()))
-        })
-        .listen(listener)?
-        .disable_signals()
-        .shutdown_timeout(settings.server.shutdown_timeout.as_secs().max(1))
-        .run();
+        });
+        let server = match tls {
+            Some(config) => server.listen_rustls_0_23(listener, config)?,
+            None => server.listen(listener)?,
+        };
+        let server = server
+            .disable_signals()
+            .shutdown_timeout(settings.server.shutdown_timeout.as_secs().max(1))
+            .run();
         driver.spawn_background();
         if !settings.auth.enabled() {
             tracing::warn!(
@@ -95,6 +105,7 @@ impl Application {
             instance = %settings.coordinator.instance_id,
             address = %settings.server.listen.ip(),
             port,
+            tls = settings.server.tls.is_some(),
             "coordinator listening"
         );
         Ok(Application {

@@ -14,4 +14,5 @@ pub mod settings;
 pub mod specs;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod webhook;

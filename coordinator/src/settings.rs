@@ -117,12 +117,21 @@ pub struct TestingSettings {
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
     pub listen: SocketAddr,
+    /// Serve HTTPS with this PEM certificate chain and private key (both or neither).
+    pub tls: Option<TlsFiles>,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
     /// How long a SIGTERM waits for in-flight work before giving it back.
     pub shutdown_timeout: Duration,
     /// Longest `?wait=` a client may ask for.
     pub max_wait: Duration,
+}
+
+/// Paths of the listener's certificate chain and private key, both PEM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 #[derive(Debug, Clone)]
@@ -377,6 +386,8 @@ struct RawTesting {
 #[serde(deny_unknown_fields, default)]
 struct RawServer {
     listen: String,
+    tls_cert: String,
+    tls_key: String,
     max_body_bytes: usize,
     shutdown_timeout: String,
     max_wait: String,
@@ -461,6 +472,8 @@ impl Default for RawServer {
     fn default() -> Self {
         RawServer {
             listen: "127.0.0.1:8080".into(),
+            tls_cert: String::new(),
+            tls_key: String::new(),
             max_body_bytes: 256 * 1024,
             shutdown_timeout: "30s".into(),
             max_wait: "60s".into(),
@@ -571,6 +584,23 @@ impl Raw {
             ))
         })?;
         positive("server.max_body_bytes", self.server.max_body_bytes)?;
+        let tls = match (self.server.tls_cert.trim(), self.server.tls_key.trim()) {
+            ("", "") => None,
+            ("", _) => {
+                return Err(Error(
+                    "server.tls_cert: needed next to server.tls_key".into(),
+                ))
+            }
+            (_, "") => {
+                return Err(Error(
+                    "server.tls_key: needed next to server.tls_cert".into(),
+                ))
+            }
+            (cert, key) => Some(TlsFiles {
+                cert: PathBuf::from(cert),
+                key: PathBuf::from(key),
+            }),
+        };
         positive("database.pool_size", self.database.pool_size)?;
         positive(
             "participants.max_concurrent_calls",
@@ -673,6 +703,7 @@ impl Raw {
         Ok(Settings {
             server: ServerSettings {
                 listen,
+                tls,
                 max_body_bytes: self.server.max_body_bytes,
                 shutdown_timeout: duration(
                     "server.shutdown_timeout",

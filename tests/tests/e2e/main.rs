@@ -16,6 +16,7 @@ mod outgoing;
 mod ownership;
 mod sagas;
 mod support;
+mod tls;
 mod trace_context;
 mod twopc;
 mod twopc_crash;
