@@ -107,6 +107,8 @@ async fn the_stuck_webhook_is_signed_and_retried_until_delivered() {
         samples[r#"settle_webhook_deliveries_total{result="delivered"}"#],
         1.0
     );
+    assert_eq!(samples["settle_transactions_stuck"], 1.0);
+    assert_eq!(samples["settle_webhook_outbox_pending"], 0.0);
     world.stop().await;
     receiver.stop().await;
 }
