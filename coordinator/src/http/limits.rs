@@ -123,7 +123,7 @@ mod tests {
     #[test]
     fn values_past_a_limit_are_named() {
         assert!(check_value("input", &json!({"a": [1]}), &limits()).is_ok());
-        let deep = check_value("input", &json!({"a": [[1]]}), &limits()).unwrap_err();
+        let deep = check_value("input", &json!({"a": [[[1]]]}), &limits()).unwrap_err();
         assert_eq!((deep.status.as_u16(), deep.code), (400, "json_too_deep"));
         assert_eq!(deep.field.as_deref(), Some("input"));
         let big = check_value("input", &json!({ "a": "x".repeat(200) }), &limits()).unwrap_err();
