@@ -3,7 +3,7 @@
 //! transaction at once; the Postgres fence keeps state correct even when the lock
 //! is lost, so an unreachable Redis degrades the coordinator instead of stopping it.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -36,6 +36,10 @@ pub struct Locks {
     reachable: AtomicBool,
     release: redis::Script,
     renew: redis::Script,
+    /// Acquisitions refused because another instance held the lock (for `/metrics`).
+    held_failures: AtomicU64,
+    /// Acquisitions that got no answer from Redis (for `/metrics`).
+    unreachable_failures: AtomicU64,
 }
 
 impl Locks {
@@ -57,6 +61,8 @@ impl Locks {
             reachable: AtomicBool::new(true),
             release: redis::Script::new(RELEASE),
             renew: redis::Script::new(RENEW),
+            held_failures: AtomicU64::new(0),
+            unreachable_failures: AtomicU64::new(0),
         })
     }
 
@@ -99,8 +105,24 @@ impl Locks {
             .arg("NX")
             .arg("PX")
             .arg(ttl.as_millis() as u64);
-        let reply: Option<String> = self.bounded(cmd.query_async(&mut conn)).await?;
+        let reply: Option<String> =
+            self.bounded(cmd.query_async(&mut conn))
+                .await
+                .inspect_err(|_| {
+                    self.unreachable_failures.fetch_add(1, Ordering::Relaxed);
+                })?;
+        if reply.is_none() {
+            self.held_failures.fetch_add(1, Ordering::Relaxed);
+        }
         Ok(reply.map(|_| token))
+    }
+
+    /// Failed acquisitions so far: (held by another instance, Redis unreachable).
+    pub fn acquire_failures(&self) -> (u64, u64) {
+        (
+            self.held_failures.load(Ordering::Relaxed),
+            self.unreachable_failures.load(Ordering::Relaxed),
+        )
     }
 
     /// Extends a held lock; `false` means it was lost (expired or taken).

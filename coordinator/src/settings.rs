@@ -37,8 +37,24 @@ pub struct Settings {
     pub twopc: TwoPcSettings,
     pub retention: RetentionSettings,
     pub testing: TestingSettings,
+    pub webhook: WebhookSettings,
     pub auth: AuthSettings,
     pub limits: LimitsSettings,
+}
+
+/// Where and how operators hear that a transaction became stuck (`[webhook]`).
+#[derive(Debug, Clone)]
+pub struct WebhookSettings {
+    /// Where notifications are POSTed; none: no notifications are queued.
+    pub url: Option<String>,
+    /// Signs notifications like participant calls; falls back to `participants.signing_secret`.
+    pub secret: Option<Secret>,
+    /// Per-delivery timeout.
+    pub timeout: Duration,
+    /// The longest pause between retries of one notification.
+    pub max_backoff: Duration,
+    /// How often the outbox is checked for due notifications.
+    pub poll_interval: Duration,
 }
 
 /// Bounds on what a request may carry, beyond `server.max_body_bytes`.
@@ -190,8 +206,31 @@ struct Raw {
     twopc: RawTwoPc,
     retention: RawRetention,
     testing: RawTesting,
+    webhook: RawWebhook,
     auth: RawAuth,
     limits: RawLimits,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawWebhook {
+    url: String,
+    secret: String,
+    timeout: String,
+    max_backoff: String,
+    poll_interval: String,
+}
+
+impl Default for RawWebhook {
+    fn default() -> Self {
+        RawWebhook {
+            url: String::new(),
+            secret: String::new(),
+            timeout: "5s".into(),
+            max_backoff: "5m".into(),
+            poll_interval: "1s".into(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -606,6 +645,19 @@ impl Raw {
         } else {
             self.coordinator.instance_id
         };
+        let webhook_url = self.webhook.url.trim().to_string();
+        let http_url = webhook_url.starts_with("http://") || webhook_url.starts_with("https://");
+        if !webhook_url.is_empty() && !http_url {
+            return Err(Error(format!(
+                "webhook.url: '{webhook_url}' must start with http:// or https://"
+            )));
+        }
+        // Falls back to the participant signing secret, so receivers verify both alike.
+        let webhook_secret = match self.webhook.secret.as_str() {
+            "" => (!self.participants.signing_secret.is_empty())
+                .then(|| Secret::new(self.participants.signing_secret.clone())),
+            secret => Some(Secret::new(secret)),
+        };
         if self.participants.signing_secret.is_empty()
             && !self.participants.previous_signing_secret.is_empty()
         {
@@ -722,6 +774,13 @@ impl Raw {
                 },
                 interval: duration("retention.interval", &self.retention.interval)?,
             },
+            webhook: WebhookSettings {
+                url: (!webhook_url.is_empty()).then_some(webhook_url),
+                secret: webhook_secret,
+                timeout: duration("webhook.timeout", &self.webhook.timeout)?,
+                max_backoff: duration("webhook.max_backoff", &self.webhook.max_backoff)?,
+                poll_interval: duration("webhook.poll_interval", &self.webhook.poll_interval)?,
+            },
             auth: AuthSettings { tokens },
             limits: LimitsSettings {
                 max_header_bytes: self.limits.max_header_bytes,
@@ -804,6 +863,8 @@ mod tests {
             ("[database]\npool_size = \"many\"\n", "pool_size"),
             ("[server]\nlistne = \"x\"\n", "listne"),
             ("[redis]\nurl = \"http://x\"\n", "redis.url"),
+            ("[webhook]\nurl = \"ftp://x\"\n", "webhook.url"),
+            ("[webhook]\nmax_backoff = \"soon\"\n", "webhook.max_backoff"),
             (
                 "[server]\nlisten = \"0.0.0.0:8080\"\n",
                 "not a loopback address",
@@ -867,5 +928,19 @@ mod tests {
     fn secrets_do_not_print() {
         let secret = Secret::new("hunter2");
         assert_eq!(format!("{secret:?}"), "Secret(***)");
+    }
+
+    #[test]
+    fn the_webhook_signs_with_the_participant_secret_unless_given_its_own() {
+        let s = load_toml(
+            "[participants]\nsigning_secret = \"p\"\n[webhook]\nurl = \"http://127.0.0.1:9/hook\"\n",
+        )
+        .unwrap();
+        assert_eq!(s.webhook.url.as_deref(), Some("http://127.0.0.1:9/hook"));
+        assert_eq!(s.webhook.secret, Some(Secret::new("p")));
+        let s = load_toml("[participants]\nsigning_secret = \"p\"\n[webhook]\nsecret = \"w\"\n")
+            .unwrap();
+        assert_eq!(s.webhook.secret, Some(Secret::new("w")));
+        assert_eq!(s.webhook.url, None, "no url: no notifications");
     }
 }

@@ -7,13 +7,16 @@ use serde_json::Value;
 use settle_participant::protocol::{
     StatusMeaning, IDEMPOTENCY_KEY_HEADER, SIGNATURE_HEADER, TRACEPARENT_HEADER,
 };
-use settle_participant::signature;
 
-use uuid::Uuid;
+/// The W3C header that carries vendor trace data alongside `traceparent`.
+const TRACESTATE_HEADER: &str = "tracestate";
+use settle_participant::signature;
 
 use super::workflow::Outgoing;
 use crate::machine::Outcome;
+use crate::metrics::status_class;
 use crate::settings::Secret;
+use crate::telemetry::TraceContext;
 
 /// What a call came back with, plus what the timeline records about it.
 #[derive(Debug)]
@@ -21,45 +24,51 @@ pub struct Answered {
     pub outcome: Outcome,
     pub status: Option<u16>,
     pub duration: Duration,
+    /// For metrics: the status class of an answer that was not done (`5xx`, `timeout`, ...).
+    pub error_class: Option<&'static str>,
 }
 
 /// The longest error text kept from a participant's body.
 const MAX_ERROR_TEXT: usize = 500;
 
-/// W3C trace context: the transaction's id is the trace id, so every call of one
-/// transaction lands in one trace.
-pub fn traceparent(trace_id: Uuid) -> String {
-    let span: u64 = rand::random::<u64>() | 1;
-    format!("00-{}-{span:016x}-01", trace_id.simple())
-}
-
+/// Sends one call in the transaction's trace: `traceparent` with the trace's id and
+/// a new span id per call, and the caller's `tracestate` when it gave one.
 pub async fn post(
     http: &reqwest::Client,
     out: &Outgoing,
+    trace: &TraceContext,
     secrets: &[Secret],
     max_response_bytes: usize,
 ) -> Answered {
     let started = Instant::now();
-    let (outcome, status) = match send(http, out, secrets, max_response_bytes).await {
-        Ok(answer) => answer,
-        Err(error) => (
-            Outcome::Transient {
-                status: None,
-                error,
-            },
-            None,
-        ),
+    let (outcome, status, transport_error) =
+        match send(http, out, trace, secrets, max_response_bytes).await {
+            Ok((outcome, status)) => (outcome, status, None),
+            Err(error) => (
+                Outcome::Transient {
+                    status: None,
+                    error: error.clone(),
+                },
+                None,
+                Some(error),
+            ),
+        };
+    let error_class = match outcome {
+        Outcome::Done(_) => None,
+        _ => Some(status_class(status, transport_error.as_deref())),
     };
     Answered {
         outcome,
         status,
         duration: started.elapsed(),
+        error_class,
     }
 }
 
 async fn send(
     http: &reqwest::Client,
     out: &Outgoing,
+    trace: &TraceContext,
     secrets: &[Secret],
     max_response_bytes: usize,
 ) -> Result<(Outcome, Option<u16>), String> {
@@ -68,7 +77,10 @@ async fn send(
         .timeout(out.timeout)
         .header(reqwest::header::CONTENT_TYPE, "application/json")
         .header(IDEMPOTENCY_KEY_HEADER, &out.idempotency_key)
-        .header(TRACEPARENT_HEADER, traceparent(out.trace_id));
+        .header(TRACEPARENT_HEADER, trace.child());
+    if let Some(state) = &trace.tracestate {
+        builder = builder.header(TRACESTATE_HEADER, state);
+    }
     if !secrets.is_empty() {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)

@@ -28,15 +28,16 @@ use uuid::Uuid;
 use crate::lock::{Locks, Token};
 use crate::machine::saga::Saga;
 use crate::machine::Clock;
+use crate::metrics::{self, Metrics};
 use crate::settings::Settings;
 use crate::specs::{self, Specs};
 use crate::store::{
     self,
     transactions::{EventRecord, Inserted},
 };
+use crate::telemetry::TraceContext;
 use workflow::{Event, SagaRun, Step, Workflow};
 
-pub use call::traceparent;
 pub use operator::Acted;
 pub use twopc::{branch_spec as twopc_branch_spec, CloseError, Closed, TxStartError};
 
@@ -78,6 +79,7 @@ pub struct Driver {
     writer: writer::Writer,
     /// Permits for participant calls under way (`participants.max_concurrent_calls`).
     calls: Arc<tokio::sync::Semaphore>,
+    metrics: Arc<Metrics>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -117,10 +119,13 @@ impl Driver {
             .user_agent(concat!("settle/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| anyhow::anyhow!("building the participant HTTP client: {e}"))?;
+        let metrics = Arc::new(Metrics::new());
         let writer = writer::Writer::start(
             pool.clone(),
             settings.coordinator.write_batch_max,
             settings.coordinator.write_concurrency,
+            settings.webhook.url.is_some(),
+            metrics.clone(),
             &tokio::runtime::Handle::current(),
         );
         Ok(Arc::new(Driver {
@@ -128,6 +133,7 @@ impl Driver {
                 settings.participants.max_concurrent_calls,
             )),
             writer,
+            metrics,
             pool,
             locks,
             specs,
@@ -155,6 +161,25 @@ impl Driver {
 
     pub fn locks(&self) -> &Locks {
         &self.locks
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The Prometheus text exposition for `/metrics`.
+    pub async fn render_metrics(&self) -> String {
+        let (lock_held, lock_unreachable) = self.locks.acquire_failures();
+        self.metrics
+            .render(
+                &self.pool,
+                metrics::Snapshot {
+                    owned: self.in_flight(),
+                    lock_held,
+                    lock_unreachable,
+                },
+            )
+            .await
     }
 
     fn lease_duration(&self) -> Duration {
@@ -188,6 +213,14 @@ impl Driver {
         self.runtime.spawn(async move { me.recovery_loop().await });
         let me = self.clone();
         self.runtime.spawn(async move { me.retention_loop().await });
+        let deliverer = crate::webhook::Deliverer {
+            pool: self.pool.clone(),
+            http: self.http.clone(),
+            settings: self.settings.webhook.clone(),
+            metrics: self.metrics.clone(),
+        };
+        self.runtime
+            .spawn(deliverer.run(self.shutdown.child_token()));
     }
 
     /// Creates a saga (one commit) and drives it at once, in this process.
@@ -197,6 +230,7 @@ impl Driver {
         input: Value,
         idempotency_key: Option<&str>,
         actor: &str,
+        trace: Option<&TraceContext>,
     ) -> Result<Started, StartError> {
         if self.shutdown.is_cancelled() {
             return Err(StartError::ShuttingDown);
@@ -236,14 +270,25 @@ impl Driver {
                 owner: self.instance(),
                 lease: self.lease_duration(),
                 actor,
+                traceparent: trace.map(TraceContext::traceparent).as_deref(),
+                tracestate: trace.and_then(|t| t.tracestate.as_deref()),
             },
         )
         .await?;
         match inserted {
             Inserted::Created { fence } => {
                 tracing::info!(transaction_id = %id, definition, version = spec.version, "saga started");
+                self.metrics.started("saga", definition);
+                let trace = trace
+                    .cloned()
+                    .unwrap_or_else(|| TraceContext::of_transaction(id));
                 self.adopt(
-                    run::Run { id, fence, w: run },
+                    run::Run {
+                        id,
+                        fence,
+                        w: run,
+                        trace,
+                    },
                     (first, Vec::new()),
                     None,
                     sent_ms,

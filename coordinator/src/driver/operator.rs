@@ -125,14 +125,25 @@ impl Driver {
         };
         self.stop_local(id);
         let note = note.map(str::to_owned);
+        let trace = super::recovery::trace_of(&row);
         let acted = if row.kind == "saga" {
             let run = self.saga_run(&row).await?;
-            self.apply(id, fence, run, action, note, record, lock, sent_ms)
+            self.apply(id, fence, trace, run, action, note, record, lock, sent_ms)
                 .await?
         } else {
             let tx: TwoPc = serde_json::from_value(row.progress.clone()).map_err(corrupt)?;
-            self.apply(id, fence, TxRun { tx }, action, note, record, lock, sent_ms)
-                .await?
+            self.apply(
+                id,
+                fence,
+                trace,
+                TxRun { tx },
+                action,
+                note,
+                record,
+                lock,
+                sent_ms,
+            )
+            .await?
         };
         tracing::info!(actor, ?acted, "operator action");
         Ok(acted)
@@ -145,6 +156,7 @@ impl Driver {
         self: &Arc<Self>,
         id: Uuid,
         fence: i64,
+        trace: crate::telemetry::TraceContext,
         mut w: W,
         action: Action,
         note: Option<String>,
@@ -182,7 +194,17 @@ impl Driver {
         if w.is_active() {
             step.durable = false;
             step.transitions.clear();
-            self.adopt(Run { id, fence, w }, (step, Vec::new()), lock, sent_ms);
+            self.adopt(
+                Run {
+                    id,
+                    fence,
+                    trace,
+                    w,
+                },
+                (step, Vec::new()),
+                lock,
+                sent_ms,
+            );
         } else {
             store::admin::disown(&self.pool, id, fence).await?;
             self.release_lock(id, lock).await;
@@ -213,7 +235,7 @@ impl Driver {
             None => "aborted by an operator".to_string(),
         };
         match self
-            .close_transaction(id, Verdict::Abort, Some(reason), actor)
+            .close_transaction(id, Verdict::Abort, Some(reason), actor, None)
             .await
         {
             Ok(Closed::Now) => Ok(Acted::Done {

@@ -13,6 +13,16 @@ use crate::store::{
     self,
     transactions::{EventRecord, TransactionRow},
 };
+use crate::telemetry::TraceContext;
+
+/// The trace a stored transaction's calls belong to, whoever drives it.
+pub(super) fn trace_of(row: &TransactionRow) -> TraceContext {
+    TraceContext::stored_or_own(
+        row.id,
+        row.traceparent.as_deref(),
+        row.tracestate.as_deref(),
+    )
+}
 
 impl Driver {
     pub(super) async fn renew_loop(self: Arc<Self>) {
@@ -99,7 +109,11 @@ impl Driver {
                 tracing::info!(count = claimed.len(), "claimed due transactions");
             }
             let sent_ms = self.monotonic_ms();
+            let now = std::time::SystemTime::now();
             for row in claimed {
+                let due = row.next_attempt_at.unwrap_or(now);
+                self.metrics
+                    .recovery_claim(now.duration_since(due).unwrap_or_default());
                 self.take_over(row, sent_ms).await;
             }
             // A full batch means more may be waiting: claim again at once.
@@ -154,6 +168,7 @@ impl Driver {
                     id: row.id,
                     fence: row.fence,
                     w: run,
+                    trace: trace_of(&row),
                 },
                 (step, events),
                 lock,
@@ -201,6 +216,7 @@ impl Driver {
                 id: row.id,
                 fence: row.fence,
                 w: run,
+                trace: trace_of(&row),
             },
             (step, events),
             lock,

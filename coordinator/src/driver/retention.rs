@@ -22,6 +22,7 @@ impl Driver {
                     Ok(0) => break,
                     Ok(n) => {
                         tracing::info!(purged = n, "purged finished transactions past retention");
+                        self.metrics.purged(n);
                         if (n as i64) < settings.batch || self.shutdown.is_cancelled() {
                             break;
                         }

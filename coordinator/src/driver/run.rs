@@ -1,8 +1,9 @@
 //! The task that drives one owned transaction (saga or 2PC): events in, machine
 //! decides, outcome written (fenced) before any call that depends on it goes out.
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use uuid::Uuid;
@@ -15,12 +16,15 @@ use crate::machine::Outcome;
 use crate::store::batch::StateWrite;
 use crate::store::transactions::{EventRecord, Written};
 use crate::store::{self};
+use crate::telemetry::TraceContext;
 
 /// Everything a transaction's task holds.
 pub(super) struct Run<W> {
     pub id: Uuid,
     pub fence: i64,
     pub w: W,
+    /// The trace every participant call of this transaction belongs to.
+    pub trace: TraceContext,
 }
 
 /// A finished participant call, reported back to its transaction's task.
@@ -60,10 +64,13 @@ impl Driver {
         mut commands: mpsc::UnboundedReceiver<Command>,
         lease: Arc<Lease>,
     ) {
+        run.trace.link(&tracing::Span::current());
         let (reply_tx, mut replies) = mpsc::unbounded_channel::<Reply<W::Call>>();
         let mut in_flight = 0usize;
         let mut pending = Some(first);
         let mut cancel_next = false;
+        // When each step (and phase) was first called, for the step latency metric.
+        let mut step_started: HashMap<(String, &'static str), Instant> = HashMap::new();
         let exit = loop {
             if let Some((step, events)) = pending.take() {
                 let before = run.w.state();
@@ -71,6 +78,10 @@ impl Driver {
                     match self.persist(&run, &events, &lease).await {
                         Ok(cancel_requested) => cancel_next |= cancel_requested,
                         Err(exit) => break exit,
+                    }
+                    for (transition, _) in &step.transitions {
+                        self.metrics
+                            .transition(run.w.kind(), run.w.definition(), transition);
                     }
                     self.pause_for_fault_injection(&step).await;
                 }
@@ -111,6 +122,13 @@ impl Driver {
             tokio::select! {
                 Some(reply) = replies.recv() => {
                     in_flight -= 1;
+                    let key = (reply.label.clone(), reply.phase);
+                    let sent = Instant::now().checked_sub(reply.answered.duration).unwrap_or_else(Instant::now);
+                    let first = *step_started.entry(key.clone()).or_insert(sent);
+                    if matches!(reply.answered.outcome, Outcome::Done(_) | Outcome::Refused { .. }) {
+                        step_started.remove(&key);
+                        self.metrics.step(run.w.definition(), &reply.label, reply.phase, first.elapsed());
+                    }
                     let record = self.attempt_record(&reply);
                     let event = Event::Reply { call: reply.call, outcome: reply.answered.outcome };
                     pending = Some(self.handle(&mut run, event, vec![record]));
@@ -141,7 +159,7 @@ impl Driver {
                 let id = run.id;
                 let actor = self.instance().to_string();
                 tokio::spawn(async move {
-                    if let Err(e) = me.close_transaction(id, verdict, Some("timeout".into()), &actor).await {
+                    if let Err(e) = me.close_transaction(id, verdict, Some("timeout".into()), &actor, None).await {
                         tracing::warn!(transaction_id = %id, error = %e, "closing at the deadline failed; recovery will retry");
                     }
                 });
@@ -290,12 +308,22 @@ impl Driver {
         let secrets = self.signing_secrets.clone();
         let max = self.settings.participants.max_response_bytes;
         let permits = self.calls.clone();
+        let trace = run.trace.clone();
+        let metrics = self.metrics.clone();
+        let definition = run.w.definition().to_string();
         let span = tracing::info_span!("call", step = %out.label, phase = out.phase, attempt = out.attempt);
         tokio::spawn(tracing::Instrument::instrument(
             async move {
                 let permit = permits.acquire_owned().await;
-                let answered = call::post(&http, &out, &secrets, max).await;
+                let answered = call::post(&http, &out, &trace, &secrets, max).await;
                 drop(permit);
+                metrics.call(
+                    &definition,
+                    &out.label,
+                    out.phase,
+                    answered.duration,
+                    answered.error_class,
+                );
                 tracing::debug!(status = ?answered.status, outcome = outcome_str(&answered.outcome), "participant answered");
                 let _ = replies.send(Reply {
                     call: c,

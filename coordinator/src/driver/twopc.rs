@@ -18,6 +18,7 @@ use crate::machine::twopc::{BranchSpec, TwoPc, Verdict};
 use crate::store::transactions::{EventRecord, Inserted, NewRow};
 use crate::store::twopc::{ClosedState, Registered};
 use crate::store::{self, twopc::Closed as StoreClosed};
+use crate::telemetry::TraceContext;
 
 const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 const MAX_BRANCHES: usize = 100;
@@ -90,6 +91,7 @@ impl Driver {
         request: &NewTransaction,
         idempotency_key: Option<&str>,
         actor: &str,
+        trace: Option<&TraceContext>,
     ) -> Result<Started, TxStartError> {
         if self.shutdown.is_cancelled() {
             return Err(TxStartError::ShuttingDown);
@@ -177,14 +179,25 @@ impl Driver {
                 owner: self.instance(),
                 lease: self.lease_duration(),
                 actor,
+                traceparent: trace.map(TraceContext::traceparent).as_deref(),
+                tracestate: trace.and_then(|t| t.tracestate.as_deref()),
             },
         )
         .await?;
         match inserted {
             Inserted::Created { fence } => {
                 tracing::info!(transaction_id = %id, mode = ?run.tx.mode, branches = run.tx.branches.len(), "transaction started");
+                self.metrics.started("twopc", "");
+                let trace = trace
+                    .cloned()
+                    .unwrap_or_else(|| TraceContext::of_transaction(id));
                 self.adopt(
-                    run::Run { id, fence, w: run },
+                    run::Run {
+                        id,
+                        fence,
+                        w: run,
+                        trace,
+                    },
                     (first, Vec::new()),
                     None,
                     sent_ms,
@@ -215,7 +228,9 @@ impl Driver {
         verdict: Verdict,
         reason: Option<String>,
         actor: &str,
+        trace: Option<&TraceContext>,
     ) -> Result<Closed, CloseError> {
+        let traceparent = trace.map(TraceContext::traceparent);
         let clock = self.clock();
         let sent_ms = self.monotonic_ms();
         let closed = store::twopc::close(
@@ -223,6 +238,10 @@ impl Driver {
             id,
             self.instance(),
             self.lease_duration(),
+            (
+                traceparent.as_deref(),
+                trace.and_then(|t| t.tracestate.as_deref()),
+            ),
             |progress, branches| {
                 let mut tx: TwoPc = serde_json::from_value(progress).ok()?;
                 let decision = tx.close(verdict, branches, reason, clock);
@@ -253,12 +272,18 @@ impl Driver {
             StoreClosed::Now {
                 fence,
                 value: (tx, step),
+                trace: (traceparent, tracestate),
             } => {
                 self.adopt(
                     run::Run {
                         id,
                         fence,
                         w: TxRun { tx },
+                        trace: TraceContext::stored_or_own(
+                            id,
+                            traceparent.as_deref(),
+                            tracestate.as_deref(),
+                        ),
                     },
                     (step, Vec::new()),
                     None,

@@ -49,7 +49,6 @@ pub(super) struct Outgoing {
     pub timeout: Duration,
     pub body: Vec<u8>,
     pub idempotency_key: String,
-    pub trace_id: Uuid,
     pub label: String,
     pub phase: &'static str,
     pub attempt: u32,
@@ -69,6 +68,10 @@ pub(super) trait Workflow: Send + Sync + 'static {
     fn next_timer(&self) -> Option<Millis>;
     fn progress(&self) -> serde_json::Result<Value>;
     fn outgoing(&self, id: Uuid, call: &Self::Call) -> Option<Outgoing>;
+    /// `saga` or `twopc`, for metrics.
+    fn kind(&self) -> &'static str;
+    /// The saga definition's name (empty for 2PC), for metrics.
+    fn definition(&self) -> &str;
 }
 
 /// A saga with what its calls need: the compiled definition and the input.
@@ -159,12 +162,18 @@ impl Workflow for SagaRun {
             timeout: Duration::from_millis(endpoint.timeout_ms),
             body: serde_json::to_vec(&request).ok()?,
             idempotency_key: request.idempotency_key(),
-            trace_id: id,
             label: step.clone(),
             phase: phase.as_str(),
             attempt: call.attempt,
             classify: classify_status,
         })
+    }
+
+    fn kind(&self) -> &'static str {
+        "saga"
+    }
+    fn definition(&self) -> &str {
+        &self.spec.name
     }
 }
 
@@ -234,12 +243,18 @@ impl Workflow for TxRun {
             timeout: Duration::from_millis(self.tx.call_timeout_ms),
             body: serde_json::to_vec(&request).ok()?,
             idempotency_key: request.idempotency_key(),
-            trace_id: id,
             label: branch.name.clone(),
             phase: phase.as_str(),
             attempt: call.attempt,
             classify,
         })
+    }
+
+    fn kind(&self) -> &'static str {
+        "twopc"
+    }
+    fn definition(&self) -> &str {
+        ""
     }
 }
 

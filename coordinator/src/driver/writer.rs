@@ -8,6 +8,7 @@ use std::sync::Arc;
 use deadpool_postgres::Pool;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
+use crate::metrics::Metrics;
 use crate::store::batch::{self, StateWrite};
 use crate::store::{self, transactions::Written};
 
@@ -22,11 +23,14 @@ pub(super) struct Writer {
 
 impl Writer {
     /// Starts the batching loop on `runtime`: at most `max_batch` writes per
-    /// statement and `concurrency` statements under way at once.
+    /// statement and `concurrency` statements under way at once; `stuck_webhook`
+    /// queues a webhook notification with every write that makes a transaction stuck.
     pub fn start(
         pool: Pool,
         max_batch: usize,
         concurrency: usize,
+        stuck_webhook: bool,
+        metrics: Arc<Metrics>,
         runtime: &tokio::runtime::Handle,
     ) -> Writer {
         let (queue, mut pending) = mpsc::unbounded_channel::<Pending>();
@@ -48,9 +52,10 @@ impl Writer {
                         Err(_) => break,
                     }
                 }
+                metrics.write_batch(batch.len());
                 let pool = pool.clone();
                 tokio::spawn(async move {
-                    commit(&pool, batch).await;
+                    commit(&pool, batch, stuck_webhook).await;
                     drop(slot);
                 });
             }
@@ -68,10 +73,10 @@ impl Writer {
     }
 }
 
-async fn commit(pool: &Pool, batch: Vec<Pending>) {
+async fn commit(pool: &Pool, batch: Vec<Pending>, stuck_webhook: bool) {
     let (writes, waiting): (Vec<StateWrite>, Vec<_>) =
         batch.into_iter().map(|p| (p.write, p.done)).unzip();
-    match batch::write(pool, &writes).await {
+    match batch::write(pool, &writes, stuck_webhook).await {
         Ok(results) => {
             for (done, result) in waiting.into_iter().zip(results) {
                 let _ = done.send(Ok(result));
@@ -86,7 +91,7 @@ async fn commit(pool: &Pool, batch: Vec<Pending>) {
             // One bad write must not sink the others: write them one by one.
             tracing::warn!(error = %e, size = writes.len(), "batched write failed; retrying its writes one by one");
             for (write, done) in writes.into_iter().zip(waiting) {
-                let result = batch::write(pool, std::slice::from_ref(&write)).await;
+                let result = batch::write(pool, std::slice::from_ref(&write), stuck_webhook).await;
                 let _ = done.send(result.map(|mut r| r.pop().unwrap_or(Written::OwnershipLost)));
             }
         }

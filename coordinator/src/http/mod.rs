@@ -50,6 +50,7 @@ pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceCon
             }))
             .route("/healthz", web::get().to(health::healthz))
             .route("/readyz", web::get().to(health::readyz))
+            .route("/metrics", web::get().to(health::metrics))
             .route("/ui", web::get().to(ui::redirect))
             .route("/ui/", web::get().to(ui::index))
             .route("/ui/assets/{name}", web::get().to(ui::asset))
@@ -192,6 +193,13 @@ pub async fn fetch(
             format!("no {kind} transaction with id {id}"),
         )
     })
+}
+
+/// The caller's W3C trace context (`traceparent`, `tracestate`); None when absent
+/// or invalid, and the transaction then starts a trace of its own (never an error).
+pub fn trace_context(req: &HttpRequest) -> Option<crate::telemetry::TraceContext> {
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+    crate::telemetry::TraceContext::parse(header("traceparent")?, header("tracestate"))
 }
 
 /// The query of a route that takes none: any parameter is a 400 `invalid_query`.

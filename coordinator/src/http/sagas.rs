@@ -70,7 +70,13 @@ pub async fn start(
     super::limits::check_value("input", &input, &state.settings.limits)?;
     let started = state
         .driver
-        .start_saga(&definition, input, key.as_deref(), caller.name())
+        .start_saga(
+            &definition,
+            input,
+            key.as_deref(),
+            caller.name(),
+            super::trace_context(&req).as_ref(),
+        )
         .await?;
     match started {
         Started::New(id) => respond(&state, id, wait, StatusCode::CREATED).await,

@@ -51,7 +51,12 @@ pub async fn start(
     }
     let started = state
         .driver
-        .start_transaction(&body, key.as_deref(), caller.name())
+        .start_transaction(
+            &body,
+            key.as_deref(),
+            caller.name(),
+            super::trace_context(&req).as_ref(),
+        )
         .await
         .map_err(|e| match e {
             driver::TxStartError::Invalid(invalid) => {
@@ -134,20 +139,22 @@ pub async fn register_branch(
 pub async fn commit(
     state: web::Data<AppState>,
     caller: Caller,
+    req: HttpRequest,
     id: web::Path<Uuid>,
     query: web::Query<WaitQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    close(&state, &caller, *id, Verdict::Commit, &query).await
+    close(&state, &caller, *id, Verdict::Commit, &query, &req).await
 }
 
 /// `POST /v1/transactions/{id}/abort`.
 pub async fn abort(
     state: web::Data<AppState>,
     caller: Caller,
+    req: HttpRequest,
     id: web::Path<Uuid>,
     query: web::Query<WaitQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    close(&state, &caller, *id, Verdict::Abort, &query).await
+    close(&state, &caller, *id, Verdict::Abort, &query, &req).await
 }
 
 /// Commit and abort are idempotent: asking again for what was decided answers
@@ -158,12 +165,19 @@ async fn close(
     id: Uuid,
     verdict: Verdict,
     query: &WaitQuery,
+    req: &HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let wait = parse_wait(query.wait.as_deref(), state.settings.server.max_wait)?;
     let reason = (verdict == Verdict::Abort).then(|| "aborted by the client".to_string());
     let closed = state
         .driver
-        .close_transaction(id, verdict, reason, caller.name())
+        .close_transaction(
+            id,
+            verdict,
+            reason,
+            caller.name(),
+            super::trace_context(req).as_ref(),
+        )
         .await
         .map_err(|e| match e {
             driver::CloseError::Store(s) => s.into(),

@@ -1,6 +1,7 @@
 //! Group commit: the state writes of many transactions in one statement and one
 //! Postgres commit. Each write is still fenced and still durable before its caller
 //! acts on it; a write whose fence no longer matches comes back as ownership lost.
+//! A write that makes a transaction stuck also queues its webhook notification.
 
 use deadpool_postgres::Pool;
 use serde::Serialize;
@@ -49,18 +50,35 @@ t AS (
            lease_until = now() + (x.lease_ms * interval '1 millisecond')
       FROM x
      WHERE t.id = x.id AND t.fence = x.fence AND t.id IN (SELECT id FROM lk)
- RETURNING t.id, t.cancel_requested),
+ RETURNING t.id, t.cancel_requested, t.kind, t.definition, t.state, t.reason),
 e AS (
     INSERT INTO events (transaction_id, kind, step, phase, attempt, status_code, error, duration_ms, actor, detail)
     SELECT ev.transaction_id, ev.kind, ev.step, ev.phase, ev.attempt, ev.status_code, ev.error, ev.duration_ms, ev.actor, ev.detail
       FROM jsonb_to_recordset($2::jsonb) AS ev(transaction_id uuid, kind text, step text, phase text, attempt int,
            status_code int, error text, duration_ms int, actor text, detail jsonb)
-      JOIN t ON t.id = ev.transaction_id)
+      JOIN t ON t.id = ev.transaction_id),
+o AS (
+    INSERT INTO webhook_outbox (transaction_id, event, payload)
+    SELECT t.id, 'transaction.stuck', jsonb_build_object(
+               'event', 'transaction.stuck', 'id', t.id, 'kind', t.kind, 'definition', t.definition,
+               'state', t.state, 'reason', t.reason,
+               'at', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'))
+      FROM t
+     WHERE $3::boolean AND t.state = 'stuck'
+       AND EXISTS (SELECT 1 FROM jsonb_array_elements($2::jsonb) ev
+                    WHERE (ev->>'transaction_id')::uuid = t.id AND ev->>'kind' = 'stuck'))
 SELECT id, cancel_requested FROM t";
 
 /// Writes every state in one statement (one commit) and says, per write in order,
-/// whether it landed or its fence was stale.
-pub async fn write(pool: &Pool, writes: &[StateWrite]) -> Result<Vec<Written>> {
+/// whether it landed or its fence was stale. With `stuck_webhook`, a write that
+/// records a `stuck` transition also queues its webhook notification in the
+/// outbox, in the same statement: the notification exists exactly when the
+/// stuck state is durable.
+pub async fn write(
+    pool: &Pool,
+    writes: &[StateWrite],
+    stuck_webhook: bool,
+) -> Result<Vec<Written>> {
     let client = pool.get().await?;
     let stmt = client.prepare_cached(WRITE_BATCH).await?;
     let states = serde_json::to_value(writes).unwrap_or(Value::Array(vec![]));
@@ -74,7 +92,9 @@ pub async fn write(pool: &Pool, writes: &[StateWrite]) -> Result<Vec<Written>> {
         })
         .collect();
     let events = serde_json::to_value(&events).unwrap_or(Value::Array(vec![]));
-    let rows = client.query(&stmt, &[&states, &events]).await?;
+    let rows = client
+        .query(&stmt, &[&states, &events, &stuck_webhook])
+        .await?;
     let landed: std::collections::HashMap<Uuid, bool> =
         rows.iter().map(|r| (r.get(0), r.get(1))).collect();
     Ok(writes

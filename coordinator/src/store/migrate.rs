@@ -25,6 +25,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "admin_filters",
         include_str!("../../../migrations/0004_admin_filters.sql"),
     ),
+    (
+        5,
+        "observability",
+        include_str!("../../../migrations/0005_observability.sql"),
+    ),
 ];
 
 /// Arbitrary constant naming Settle's migration lock.
@@ -80,6 +85,12 @@ async fn apply(client: &mut deadpool_postgres::Object) -> anyhow::Result<usize> 
         count += 1;
     }
     Ok(count)
+}
+
+/// Every migration version this binary embeds, for readiness checks (versions may
+/// have gaps while branches are merged, so "the newest is applied" is not enough).
+pub fn versions() -> impl Iterator<Item = i32> {
+    MIGRATIONS.iter().map(|m| m.0)
 }
 
 /// The newest migration this binary knows, for readiness checks.

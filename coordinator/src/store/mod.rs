@@ -5,6 +5,7 @@ pub mod admin;
 pub mod batch;
 pub mod definitions;
 pub mod migrate;
+pub mod outbox;
 pub mod retention;
 pub mod transactions;
 pub mod twopc;

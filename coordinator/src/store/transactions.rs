@@ -43,6 +43,9 @@ pub struct NewRow<'a> {
     pub owner: &'a str,
     pub lease: Duration,
     pub actor: &'a str,
+    /// The caller's W3C trace context, when it sent a valid one.
+    pub traceparent: Option<&'a str>,
+    pub tracestate: Option<&'a str>,
 }
 
 #[derive(Debug, PartialEq)]
@@ -60,9 +63,10 @@ pub async fn insert(pool: &Pool, saga: &NewRow<'_>) -> Result<Inserted> {
         .prepare_cached(
             "WITH t AS (
                 INSERT INTO transactions (id, kind, definition, version, state, input, progress,
-                    idempotency_key, request_digest, deadline, next_attempt_at, owner, lease_until, fence)
+                    idempotency_key, request_digest, deadline, next_attempt_at, owner, lease_until, fence,
+                    traceparent, tracestate)
                 VALUES ($1, $14, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11,
-                    now() + ($12::bigint * interval '1 millisecond'), nextval('settle_fence'))
+                    now() + ($12::bigint * interval '1 millisecond'), nextval('settle_fence'), $15, $16)
                 ON CONFLICT (idempotency_key) DO NOTHING
                 RETURNING id, fence),
              e AS (
@@ -90,6 +94,8 @@ pub async fn insert(pool: &Pool, saga: &NewRow<'_>) -> Result<Inserted> {
                 &lease_ms,
                 &saga.actor,
                 &saga.kind,
+                &saga.traceparent,
+                &saga.tracestate,
             ],
         )
         .await?;
@@ -136,11 +142,14 @@ pub struct TransactionRow {
     pub created_at: SystemTime,
     pub updated_at: SystemTime,
     pub fence: i64,
+    /// The W3C trace context the transaction was started under, if any.
+    pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
 }
 
 pub(super) const COLUMNS: &str =
     "id, kind, definition, version, state, input, progress, reason, cancel_requested, \
-     deadline, next_attempt_at, created_at, updated_at, fence";
+     deadline, next_attempt_at, created_at, updated_at, fence, traceparent, tracestate";
 
 impl TransactionRow {
     pub(super) fn from_row(row: &tokio_postgres::Row) -> Self {
@@ -159,6 +168,8 @@ impl TransactionRow {
             created_at: row.get("created_at"),
             updated_at: row.get("updated_at"),
             fence: row.get("fence"),
+            traceparent: row.get("traceparent"),
+            tracestate: row.get("tracestate"),
         }
     }
 }

@@ -127,6 +127,8 @@ pub enum Closed<T> {
     Now {
         fence: i64,
         value: T,
+        /// The stored W3C `traceparent` and `tracestate`, when the transaction was started with them.
+        trace: (Option<String>, Option<String>),
     },
     /// It was closed before (or never was interactive): its state and progress.
     Already {
@@ -139,12 +141,14 @@ pub enum Closed<T> {
 /// Closes an active interactive transaction in one database transaction: locks the
 /// row, reads every registered branch, lets `decide` compute the new state, writes
 /// it and takes ownership with a fresh fence. Branch registrations wait on the lock
-/// and then find the transaction no longer active.
+/// and then find the transaction no longer active. A transaction started without a
+/// trace context adopts `trace` (the closing request's `traceparent`, `tracestate`).
 pub async fn close<T>(
     pool: &Pool,
     id: Uuid,
     owner: &str,
     lease: Duration,
+    trace: (Option<&str>, Option<&str>),
     decide: impl FnOnce(Value, Vec<BranchSpec>) -> Option<(ClosedState, T)>,
 ) -> Result<Closed<T>> {
     let mut client = pool.get().await?;
@@ -182,15 +186,17 @@ pub async fn close<T>(
                 UPDATE transactions
                    SET state = $3, progress = $4, reason = $5, next_attempt_at = $6, updated_at = now(),
                        owner = $7, fence = nextval('settle_fence'),
-                       lease_until = now() + ($8::bigint * interval '1 millisecond')
+                       lease_until = now() + ($8::bigint * interval '1 millisecond'),
+                       tracestate = CASE WHEN traceparent IS NULL THEN $11 ELSE tracestate END,
+                       traceparent = COALESCE(traceparent, $10)
                  WHERE id = $1 AND fence = $2
-                RETURNING id, fence),
+                RETURNING id, fence, traceparent, tracestate),
              e AS (
                 INSERT INTO events (transaction_id, kind, step, phase, attempt, status_code, error, duration_ms, actor, detail)
                 SELECT t.id, x.kind, x.step, x.phase, x.attempt, x.status_code, x.error, x.duration_ms, x.actor, x.detail
                   FROM t, jsonb_to_recordset($9::jsonb) AS x(kind text, step text, phase text, attempt int,
                        status_code int, error text, duration_ms int, actor text, detail jsonb))
-             SELECT fence FROM t",
+             SELECT fence, traceparent, tracestate FROM t",
             &[
                 &id,
                 &fence,
@@ -201,6 +207,8 @@ pub async fn close<T>(
                 &owner,
                 &lease_ms,
                 &events,
+                &trace.0,
+                &trace.1,
             ],
         )
         .await?;
@@ -208,5 +216,6 @@ pub async fn close<T>(
     Ok(Closed::Now {
         fence: row.get(0),
         value,
+        trace: (row.get(1), row.get(2)),
     })
 }

@@ -1,0 +1,124 @@
+//! The stuck-transaction webhook: a loop that claims due notifications from the
+//! outbox (`store/outbox.rs`), POSTs each as signed JSON (`Settle-Signature`, the
+//! same scheme as participant calls) and retries with capped exponential backoff
+//! until the receiver answers 2xx. Delivery is at least once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+use settle_participant::protocol::SIGNATURE_HEADER;
+use settle_participant::signature;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+use crate::settings::WebhookSettings;
+use crate::store::outbox;
+
+/// Notifications sent per claim.
+const CLAIM_BATCH: i64 = 32;
+/// The first pause after a failed delivery; doubled per attempt up to `max_backoff`.
+const INITIAL_BACKOFF: Duration = Duration::from_millis(500);
+
+pub struct Deliverer {
+    pub pool: Pool,
+    pub http: reqwest::Client,
+    pub settings: WebhookSettings,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Deliverer {
+    /// Delivers until `shutdown`; does nothing when no `webhook.url` is configured.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let Some(url) = self.settings.url.clone() else {
+            return;
+        };
+        // A claim holds a notification for longer than one delivery can take.
+        let hold = self.settings.timeout * 2 + Duration::from_secs(1);
+        loop {
+            let claimed = match outbox::claim(&self.pool, hold, CLAIM_BATCH).await {
+                Ok(claimed) => claimed,
+                Err(e) => {
+                    tracing::warn!(error = %e, "claiming webhook notifications failed");
+                    Vec::new()
+                }
+            };
+            let full = claimed.len() as i64 >= CLAIM_BATCH;
+            for n in claimed {
+                self.deliver(&url, n).await;
+            }
+            let pause = if full {
+                Duration::ZERO
+            } else {
+                self.settings.poll_interval
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(notification = n.id, attempt = n.attempts))]
+    async fn deliver(&self, url: &str, n: outbox::Claimed) {
+        let body = serde_json::to_vec(&n.payload).unwrap_or_default();
+        let mut request = self
+            .http
+            .post(url)
+            .timeout(self.settings.timeout)
+            .header(reqwest::header::CONTENT_TYPE, "application/json");
+        if let Some(secret) = &self.settings.secret {
+            request = request.header(
+                SIGNATURE_HEADER,
+                signature::sign(secret.expose().as_bytes(), signature::now_unix(), &body),
+            );
+        }
+        let error = match request.body(body).send().await {
+            Ok(response) if response.status().is_success() => None,
+            Ok(response) => Some(format!("status {}", response.status().as_u16())),
+            Err(e) if e.is_timeout() => Some("timed out".to_string()),
+            Err(e) if e.is_connect() => Some("connection failed".to_string()),
+            Err(_) => Some("request failed".to_string()),
+        };
+        let stored = match &error {
+            None => {
+                self.metrics.webhook_delivery("delivered");
+                tracing::info!("webhook delivered");
+                outbox::delivered(&self.pool, n.id).await
+            }
+            Some(error) => {
+                self.metrics.webhook_delivery("failed");
+                let retry_in = backoff(n.attempts, self.settings.max_backoff);
+                tracing::warn!(error = %error, retry_in_ms = retry_in.as_millis() as u64, "webhook delivery failed; will retry");
+                outbox::failed(&self.pool, n.id, retry_in, error).await
+            }
+        };
+        if let Err(e) = stored {
+            // The claim's hold runs out and the notification is sent again: at least once.
+            tracing::warn!(error = %e, "recording a webhook delivery failed");
+        }
+    }
+}
+
+/// Exponential backoff with full jitter on the upper half, capped at `max`.
+fn backoff(attempts: i32, max: Duration) -> Duration {
+    let exp =
+        INITIAL_BACKOFF.saturating_mul(1u32 << attempts.clamp(1, 20).saturating_sub(1) as u32);
+    let capped = exp.min(max);
+    capped / 2 + capped.mul_f64(rand::random::<f64>() / 2.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let max = Duration::from_secs(10);
+        assert!(backoff(1, max) <= INITIAL_BACKOFF);
+        assert!(backoff(1, max) >= INITIAL_BACKOFF / 2);
+        assert!(backoff(4, max) >= INITIAL_BACKOFF * 4);
+        assert!(backoff(30, max) <= max);
+        assert!(backoff(30, max) >= max / 2);
+    }
+}
