@@ -5,6 +5,7 @@ pub mod auth;
 pub mod definitions;
 pub mod error;
 pub mod health;
+pub mod openapi;
 pub mod sagas;
 pub mod transactions;
 pub mod ui;
@@ -49,6 +50,7 @@ pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceCon
             }))
             .route("/healthz", web::get().to(health::healthz))
             .route("/readyz", web::get().to(health::readyz))
+            .route("/openapi.json", web::get().to(openapi::document))
             .route("/ui", web::get().to(ui::redirect))
             .route("/ui/", web::get().to(ui::index))
             .route("/ui/assets/{name}", web::get().to(ui::asset))
