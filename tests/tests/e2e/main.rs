@@ -5,6 +5,7 @@ mod admin;
 mod api_errors;
 mod auth;
 mod cli;
+mod contract;
 mod crash_recovery;
 mod dashboard;
 mod definitions;
