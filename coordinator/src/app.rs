@@ -75,6 +75,10 @@ impl Application {
         let port = listener.local_addr()?.port();
         let server = HttpServer::new(move || {
             App::new()
+                .wrap(
+                    actix_web::middleware::ErrorHandlers::new()
+                        .default_handler(http::error::problem_for_plain_errors),
+                )
                 .wrap(actix_web::middleware::from_fn(http::auth::gate))
                 .wrap(actix_web::middleware::Logger::new("%r %s %Dms").log_target("settle::http"))
                 .configure(http::configure(state.clone()))

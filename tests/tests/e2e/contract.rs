@@ -604,6 +604,14 @@ async fn responses_of_a_real_run_match_the_spec_schemas() {
     )
     .await;
 
+    run.call(
+        Method::POST,
+        &format!("/v1/admin/transactions/{completed}/retry"),
+        Some("application/json"),
+        Some(" ".repeat(300 * 1024)),
+    )
+    .await;
+
     let Conformance {
         violations,
         checked,
