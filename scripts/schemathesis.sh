@@ -30,13 +30,15 @@ cargo build --locked -q -p settle-coordinator --bin settle || fail "building set
 settle=target/debug/settle
 
 # One token per role group: service for definitions, sagas and transactions,
-# operator for the admin routes.
+# operator for the admin routes; and a reader everywhere, which reads and is
+# refused (403) everything else.
 token_of() { "$settle" token new "$1" "$2" | sed -n 's/^token: //p'; }
 entry_of() { printf '%s:%s:%s\n' "$1" "$2" "$(printf '%s\n' "$3" | "$settle" token hash)"; }
 service_token="$(token_of schemathesis-service service)"
 operator_token="$(token_of schemathesis-operator operator)"
-[ -n "$service_token" ] && [ -n "$operator_token" ] || fail "settle token new printed no token"
-tokens="$(entry_of schemathesis-service service "$service_token"),$(entry_of schemathesis-operator operator "$operator_token")"
+reader_token="$(token_of schemathesis-reader reader)"
+[ -n "$service_token" ] && [ -n "$operator_token" ] && [ -n "$reader_token" ] || fail "settle token new printed no token"
+tokens="$(entry_of schemathesis-service service "$service_token"),$(entry_of schemathesis-operator operator "$operator_token"),$(entry_of schemathesis-reader reader "$reader_token")"
 
 port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 base="http://127.0.0.1:$port"
@@ -81,7 +83,9 @@ run() { # token, filter arguments...
 : > "$work/run.log"
 run "$service_token" --exclude-path-regex '^/v1/admin/'; service_status=$?
 run "$operator_token" --include-path-regex '^/v1/admin/'; operator_status=$?
+run "$reader_token" --max-examples 10; reader_status=$?
 
 echo "schemathesis (service token, all but /v1/admin): exit $service_status"
 echo "schemathesis (operator token, /v1/admin): exit $operator_status"
-if [ "$service_status" = 0 ] && [ "$operator_status" = 0 ]; then result ok; else result failed; exit 1; fi
+echo "schemathesis (reader token, everything): exit $reader_status"
+if [ "$service_status" = 0 ] && [ "$operator_status" = 0 ] && [ "$reader_status" = 0 ]; then result ok; else result failed; exit 1; fi

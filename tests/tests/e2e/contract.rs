@@ -172,6 +172,43 @@ fn every_problem_code_in_the_code_is_in_the_spec() {
     );
 }
 
+#[test]
+fn the_spec_says_which_operations_need_a_token_as_the_gate_does() {
+    use settle_coordinator::auth::{access, Access};
+    let spec: Value =
+        serde_json::from_str(settle_coordinator::http::openapi::spec_json().expect("the spec"))
+            .expect("JSON");
+    let mut wrong = Vec::new();
+    for (template, item) in spec["paths"].as_object().unwrap() {
+        for method in HTTP_METHODS.iter().filter(|m| item.get(**m).is_some()) {
+            let operation = &item[*method];
+            let path = concrete_path(&spec, template);
+            let open_in_spec = operation["security"] == json!([]);
+            let what = format!("{} {template}", method.to_uppercase());
+            match access(&method.to_uppercase(), &path) {
+                Access::Open if !open_in_spec => {
+                    wrong.push(format!("{what}: open in auth.rs, but the spec asks for a token (add `security: []`)"))
+                }
+                Access::Open => {}
+                Access::AnyToken => wrong.push(format!(
+                    "{what}: auth.rs has no rule for it (any valid token passes); give it roles in auth::access"
+                )),
+                Access::Roles(_) => {
+                    if open_in_spec {
+                        wrong.push(format!("{what}: needs a token, but the spec says `security: []`"));
+                    }
+                    for status in ["401", "403"] {
+                        if operation["responses"].get(status).is_none() {
+                            wrong.push(format!("{what}: needs a token, but the spec has no {status} response"));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
 /// Every `enum` of a `code` property anywhere in the document.
 fn collect_code_enums(value: &Value, into: &mut BTreeSet<String>) {
     match value {
