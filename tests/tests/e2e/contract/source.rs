@@ -109,6 +109,17 @@ pub fn routes_in(file: &Path, code: &str) -> BTreeSet<Operation> {
         routes.insert((method, normalize(&format!("{}{path}", prefix_at(at)))));
         understood += 1;
     }
+    for shape in METHODS
+        .iter()
+        .map(|m| format!("#[{m}("))
+        .chain(METHODS.iter().map(|m| format!("#[actix_web::{m}(")))
+        .chain(["web::route()".to_string(), "web::method(".to_string()])
+    {
+        assert!(
+            !code.contains(&shape),
+            "{file:?}: routes registered with `{shape}`; teach tests/tests/e2e/contract/source.rs that shape"
+        );
+    }
     let guards: usize = METHODS
         .iter()
         .map(|m| code.matches(&format!("web::{m}()")).count())
