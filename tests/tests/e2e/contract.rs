@@ -3,7 +3,8 @@
 //! operations the document lists must be the same set; every problem `code` the
 //! source can answer must be in the document; and the responses of a real run
 //! (definitions, sagas, 2PC and TCC transactions, admin reads, problem bodies)
-//! must match the document's schemas, statuses and content types.
+//! must match the document's schemas, statuses and content types, and the calls
+//! participants received must match openapi/participant.yaml.
 
 mod schema;
 mod source;
@@ -226,6 +227,61 @@ fn collect_code_enums(value: &Value, into: &mut BTreeSet<String>) {
         Value::Array(items) => items.iter().for_each(|v| collect_code_enums(v, into)),
         _ => {}
     }
+}
+
+/// The calls a participant received against openapi/participant.yaml: the body
+/// schema of a saga step or a 2PC branch call, `Idempotency-Key` and `traceparent`.
+fn participant_calls_against_the_spec(calls: &[settle_tests::scripted::Received]) -> Vec<String> {
+    let document: Value = serde_norway::from_str(include_str!("../../../openapi/participant.yaml"))
+        .expect("openapi/participant.yaml parses");
+    let spec = Spec { root: &document };
+    let mut violations = Vec::new();
+    for call in calls {
+        let branch = ["/prepare", "/commit", "/abort"]
+            .iter()
+            .any(|suffix| call.path.ends_with(suffix));
+        let (schema, name_key) = if branch {
+            (&document["components"]["schemas"]["BranchCall"], "branch")
+        } else {
+            (&document["components"]["schemas"]["CallRequest"], "step")
+        };
+        let what = format!("participant call {}", call.path);
+        for error in spec.validate(&call.body, schema) {
+            violations.push(format!("{what}: {error}\n  body: {}", call.body));
+        }
+        let expected_key = format!(
+            "{}:{}:{}",
+            call.body["transaction_id"].as_str().unwrap_or(""),
+            call.body[name_key].as_str().unwrap_or(""),
+            call.body["phase"].as_str().unwrap_or("")
+        );
+        if call.idempotency_key.as_deref() != Some(expected_key.as_str()) {
+            violations.push(format!(
+                "{what}: Idempotency-Key {:?}, the spec says {expected_key}",
+                call.idempotency_key
+            ));
+        }
+        let traceparent_ok = call.traceparent.as_deref().is_some_and(|t| {
+            let parts: Vec<&str> = t.split('-').collect();
+            let hex = |s: &str, n: usize| {
+                s.len() == n
+                    && s.bytes()
+                        .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+            };
+            parts.len() == 4
+                && parts[0] == "00"
+                && hex(parts[1], 32)
+                && hex(parts[2], 16)
+                && parts[3] == "01"
+        });
+        if !traceparent_ok {
+            violations.push(format!(
+                "{what}: traceparent {:?} is not 00-<32 hex>-<16 hex>-01",
+                call.traceparent
+            ));
+        }
+    }
+    violations
 }
 
 /// Sends requests to a live coordinator and holds every answer against the spec.
@@ -648,6 +704,12 @@ async fn responses_of_a_real_run_match_the_spec_schemas() {
         Some(" ".repeat(300 * 1024)),
     )
     .await;
+
+    // What the participant heard must match openapi/participant.yaml.
+    let calls = p.calls();
+    assert!(calls.len() >= 10, "{} participant calls", calls.len());
+    run.violations
+        .extend(participant_calls_against_the_spec(&calls));
 
     let Conformance {
         violations,
