@@ -210,6 +210,48 @@ fn the_spec_says_which_operations_need_a_token_as_the_gate_does() {
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
 
+/// In a YAML flow mapping an unquoted comma ends the value: `{ description: Calls
+/// allowed, the first included. }` silently adds a key "the first included.".
+#[test]
+fn the_openapi_documents_have_no_keys_made_of_prose() {
+    fn walk(value: &Value, at: &str, under_names: bool, found: &mut Vec<String>) {
+        match value {
+            Value::Object(map) => {
+                for (key, v) in map {
+                    if key.contains(' ') && !under_names {
+                        found.push(format!("{at}: {key:?}"));
+                    }
+                    let names = matches!(
+                        key.as_str(),
+                        "properties" | "paths" | "webhooks" | "responses" | "schemas"
+                    );
+                    walk(v, &format!("{at}/{key}"), names, found);
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|v| walk(v, at, false, found)),
+            _ => {}
+        }
+    }
+    for (name, text) in [
+        (
+            "coordinator.yaml",
+            include_str!("../../../openapi/coordinator.yaml"),
+        ),
+        (
+            "participant.yaml",
+            include_str!("../../../openapi/participant.yaml"),
+        ),
+    ] {
+        let document: Value = serde_norway::from_str(text).expect("the document parses");
+        let mut found = Vec::new();
+        walk(&document, name, false, &mut found);
+        assert!(
+            found.is_empty(),
+            "keys that are prose (quote the value): {found:?}"
+        );
+    }
+}
+
 /// Every `enum` of a `code` property anywhere in the document.
 fn collect_code_enums(value: &Value, into: &mut BTreeSet<String>) {
     match value {
