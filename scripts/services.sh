@@ -3,8 +3,9 @@
 # (127.0.0.1:6379) answer: starts them when installed but stopped, installs them
 # with apt-get when missing and INSTALL_MISSING=1 (CI does this), and otherwise
 # says how to install them. With INSTALL_MISSING=1 it also installs headless
-# Chromium and chromedriver for the dashboard's browser test; without it, it only
-# says they are missing (the quick start does not need them, that test fails).
+# Chromium and chromedriver for the dashboard's browser test and python3-venv for
+# the schemathesis run; without it, it only says they are missing (the quick start
+# does not need them, those tests fail).
 set -euo pipefail
 
 log() { echo "services: $*" >&2; }
@@ -79,8 +80,19 @@ ensure_openssl() {
   install_packages openssl
 }
 
+# The schemathesis run (scripts/schemathesis.sh) makes a virtual environment.
+ensure_python_venv() {
+  if python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then return; fi
+  if [ "${INSTALL_MISSING:-0}" != "1" ]; then
+    log "python3 with venv is missing: the schemathesis run will fail. Install with: sudo apt-get install -y python3 python3-venv"
+    return
+  fi
+  install_packages python3 python3-venv
+}
+
 ensure_postgres
 ensure_redis
 ensure_browser
 ensure_openssl
+ensure_python_venv
 log "PostgreSQL and Redis are answering"

@@ -81,6 +81,10 @@ impl Application {
             .transpose()?;
         let server = HttpServer::new(move || {
             App::new()
+                .wrap(
+                    actix_web::middleware::ErrorHandlers::new()
+                        .default_handler(http::error::problem_for_plain_errors),
+                )
                 .wrap(actix_web::middleware::from_fn(http::auth::gate))
                 .wrap(actix_web::middleware::from_fn(http::limits::guard_headers))
                 .wrap(actix_web::middleware::Logger::new("%r %s %Dms").log_target("settle::http"))

@@ -338,15 +338,16 @@ fn body_of<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, A
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    serde_json::from_slice(body).map_err(|e| {
-        if e.is_data() {
-            ApiError::unprocessable(
-                "invalid_body",
-                format!("the body does not match the schema: {e}"),
-            )
-        } else {
-            ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {e}"))
-        }
+    // Syntax first, then shape: read straight into the struct, serde calls an array
+    // with one element too many "trailing characters", which is valid JSON.
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {e}"))
+    })?;
+    serde_json::from_value(value).map_err(|e| {
+        ApiError::unprocessable(
+            "invalid_body",
+            format!("the body does not match the schema: {e}"),
+        )
     })
 }
 

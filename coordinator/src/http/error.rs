@@ -2,7 +2,9 @@
 //! written for the caller (RFC 9457 problem+json). Causes go to the log, never
 //! into a response body.
 
+use actix_web::dev::ServiceResponse;
 use actix_web::http::{header, StatusCode};
+use actix_web::middleware::ErrorHandlerResponse;
 use actix_web::{HttpResponse, ResponseError};
 use settle_participant::api::Problem;
 
@@ -111,6 +113,57 @@ impl ResponseError for ApiError {
         }
         response.body(serde_json::to_string(&self.problem()).unwrap_or_default())
     }
+}
+
+/// Rewrites an error answer that is not problem+json (actix's own, from an extractor
+/// without our error handler, such as a `web::Bytes` body over its limit) into one,
+/// so that no route can answer an error as plain text.
+pub fn problem_for_plain_errors<B>(
+    res: ServiceResponse<B>,
+) -> actix_web::Result<ErrorHandlerResponse<B>> {
+    let is_problem = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(PROBLEM_JSON.as_bytes()));
+    if is_problem {
+        return Ok(ErrorHandlerResponse::Response(res.map_into_left_body()));
+    }
+    let status = res.status();
+    let cause = res
+        .response()
+        .error()
+        .map(ToString::to_string)
+        .unwrap_or_else(|| status.to_string());
+    let error = match status {
+        s if s.is_server_error() => {
+            tracing::error!(status = s.as_u16(), error = %cause, "internal error outside a handler");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the coordinator failed to handle the request; it has been logged",
+            )
+        }
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+            status,
+            "body_too_large",
+            format!("the body is larger than this route accepts: {cause}"),
+        ),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::new(
+            status,
+            "unsupported_media_type",
+            format!("the content type is not one this route accepts: {cause}"),
+        ),
+        StatusCode::NOT_FOUND => ApiError::not_found("route_not_found", cause),
+        _ => ApiError::new(
+            status,
+            "unreadable_body",
+            format!("the request could not be read: {cause}"),
+        ),
+    };
+    let (req, _) = res.into_parts();
+    Ok(ErrorHandlerResponse::Response(
+        ServiceResponse::new(req, error.error_response()).map_into_right_body(),
+    ))
 }
 
 impl From<store::Error> for ApiError {

@@ -6,6 +6,7 @@ pub mod definitions;
 pub mod error;
 pub mod health;
 pub mod limits;
+pub mod openapi;
 pub mod sagas;
 pub mod transactions;
 pub mod ui;
@@ -51,6 +52,7 @@ pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceCon
             .route("/healthz", web::get().to(health::healthz))
             .route("/readyz", web::get().to(health::readyz))
             .route("/metrics", web::get().to(health::metrics))
+            .route("/openapi.json", web::get().to(openapi::document))
             .route("/ui", web::get().to(ui::redirect))
             .route("/ui/", web::get().to(ui::index))
             .route("/ui/assets/{name}", web::get().to(ui::asset))

@@ -7,6 +7,7 @@ mod admin_filters;
 mod api_errors;
 mod auth;
 mod cli;
+mod contract;
 mod crash_recovery;
 mod dashboard;
 mod definitions;
