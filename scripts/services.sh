@@ -2,7 +2,9 @@
 # Makes sure PostgreSQL (127.0.0.1:5432, user postgres, trust auth) and Redis
 # (127.0.0.1:6379) answer: starts them when installed but stopped, installs them
 # with apt-get when missing and INSTALL_MISSING=1 (CI does this), and otherwise
-# says how to install them.
+# says how to install them. With INSTALL_MISSING=1 it also installs headless
+# Chromium and chromedriver for the dashboard's browser test; without it, it only
+# says they are missing (the quick start does not need them, that test fails).
 set -euo pipefail
 
 log() { echo "services: $*" >&2; }
@@ -58,6 +60,27 @@ ensure_redis() {
   redis_answers || { log "Redis did not come up"; exit 1; }
 }
 
+ensure_browser() {
+  if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then return; fi
+  if [ "${INSTALL_MISSING:-0}" != "1" ]; then
+    log "chromium and chromedriver are missing: the dashboard browser test will fail. Install with: sudo apt-get install -y chromium chromium-driver"
+    return
+  fi
+  install_packages chromium chromium-driver
+}
+
+# The TLS test makes its certificate with the openssl command.
+ensure_openssl() {
+  command -v openssl >/dev/null && return
+  if [ "${INSTALL_MISSING:-0}" != "1" ]; then
+    log "openssl is missing: the TLS test will fail. Install with: sudo apt-get install -y openssl"
+    return
+  fi
+  install_packages openssl
+}
+
 ensure_postgres
 ensure_redis
+ensure_browser
+ensure_openssl
 log "PostgreSQL and Redis are answering"

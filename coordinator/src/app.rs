@@ -50,7 +50,7 @@ impl Application {
         )?;
         store::migrate::run(&pool).await?;
         if let Some(dir) = &settings.coordinator.sagas_dir {
-            load_definitions(&pool, dir).await?;
+            load_definitions(&pool, dir, &settings.participants.allow).await?;
         }
         let locks = Arc::new(Locks::new(
             &settings.redis.url,
@@ -73,20 +73,39 @@ impl Application {
             anyhow::anyhow!("server.listen: cannot bind {}: {e}", settings.server.listen)
         })?;
         let port = listener.local_addr()?.port();
+        let tls = settings
+            .server
+            .tls
+            .as_ref()
+            .map(crate::tls::server_config)
+            .transpose()?;
         let server = HttpServer::new(move || {
             App::new()
+                .wrap(actix_web::middleware::from_fn(http::auth::gate))
+                .wrap(actix_web::middleware::from_fn(http::limits::guard_headers))
                 .wrap(actix_web::middleware::Logger::new("%r %s %Dms").log_target("settle::http"))
                 .configure(http::configure(state.clone()))
-        })
-        .listen(listener)?
-        .disable_signals()
-        .shutdown_timeout(settings.server.shutdown_timeout.as_secs().max(1))
-        .run();
+        });
+        let server = match tls {
+            Some(config) => server.listen_rustls_0_23(listener, config)?,
+            None => server.listen(listener)?,
+        };
+        let server = server
+            .disable_signals()
+            .shutdown_timeout(settings.server.shutdown_timeout.as_secs().max(1))
+            .run();
         driver.spawn_background();
+        if !settings.auth.enabled() {
+            tracing::warn!(
+                address = %settings.server.listen,
+                "no auth.tokens configured: the API is open to every process on this machine, so it listens on loopback only"
+            );
+        }
         tracing::info!(
             instance = %settings.coordinator.instance_id,
             address = %settings.server.listen.ip(),
             port,
+            tls = settings.server.tls.is_some(),
             "coordinator listening"
         );
         Ok(Application {
@@ -116,7 +135,11 @@ impl Application {
 }
 
 /// Registers every definition file in `dir`; a broken file stops start-up with its name and field.
-pub async fn load_definitions(pool: &deadpool_postgres::Pool, dir: &Path) -> anyhow::Result<usize> {
+pub async fn load_definitions(
+    pool: &deadpool_postgres::Pool,
+    dir: &Path,
+    allow: &crate::allow::AllowList,
+) -> anyhow::Result<usize> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -142,6 +165,7 @@ pub async fn load_definitions(pool: &deadpool_postgres::Pool, dir: &Path) -> any
         let doc = definition::parse(&body, format)
             .map_err(|e| anyhow::anyhow!("saga definition {}: {e}", path.display()))?;
         definition::compile(&doc, 1)
+            .and_then(|_| definition::check_participants(&doc, allow))
             .map_err(|e| anyhow::anyhow!("saga definition {}: {e}", path.display()))?;
         let spec = serde_json::to_value(&doc)?;
         let (stored, created) =

@@ -1,6 +1,8 @@
 //! Settle's coordinator as a library: the `settle` binary is thin glue over these modules.
 
+pub mod allow;
 pub mod app;
+pub mod auth;
 pub mod cli;
 pub mod definition;
 pub mod driver;
@@ -11,3 +13,4 @@ pub mod settings;
 pub mod specs;
 pub mod store;
 pub mod telemetry;
+pub mod tls;

@@ -37,6 +37,33 @@ pub struct Settings {
     pub twopc: TwoPcSettings,
     pub retention: RetentionSettings,
     pub testing: TestingSettings,
+    pub auth: AuthSettings,
+    pub limits: LimitsSettings,
+}
+
+/// Bounds on what a request may carry, beyond `server.max_body_bytes`.
+#[derive(Debug, Clone)]
+pub struct LimitsSettings {
+    /// Request line plus headers, in bytes (431 above).
+    pub max_header_bytes: usize,
+    /// A saga definition document (413 above).
+    pub max_definition_bytes: usize,
+    /// A saga's input or a branch payload, as JSON (413 above).
+    pub max_input_bytes: usize,
+    /// Nesting of arrays and objects in any JSON the API accepts (400 above).
+    pub max_json_depth: usize,
+}
+
+/// Who may call the API. No tokens means an open API, allowed on loopback only.
+#[derive(Debug, Clone, Default)]
+pub struct AuthSettings {
+    pub tokens: Vec<crate::auth::TokenEntry>,
+}
+
+impl AuthSettings {
+    pub fn enabled(&self) -> bool {
+        !self.tokens.is_empty()
+    }
 }
 
 /// How long finished transactions are kept.
@@ -74,12 +101,21 @@ pub struct TestingSettings {
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
     pub listen: SocketAddr,
+    /// Serve HTTPS with this PEM certificate chain and private key (both or neither).
+    pub tls: Option<TlsFiles>,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
     /// How long a SIGTERM waits for in-flight work before giving it back.
     pub shutdown_timeout: Duration,
     /// Longest `?wait=` a client may ask for.
     pub max_wait: Duration,
+}
+
+/// Paths of the listener's certificate chain and private key, both PEM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 #[derive(Debug, Clone)]
@@ -120,6 +156,9 @@ pub struct CoordinatorSettings {
 pub struct ParticipantSettings {
     /// Signs every participant call (`Settle-Signature`) when set.
     pub signing_secret: Option<Secret>,
+    /// During a rotation, the secret being retired: calls carry a second `v1=`
+    /// made with it, so participants can switch to the new secret one at a time.
+    pub previous_signing_secret: Option<Secret>,
     /// Largest participant response body read (a step's output).
     pub max_response_bytes: usize,
     /// Participant calls under way at once, across all transactions; more wait
@@ -127,6 +166,8 @@ pub struct ParticipantSettings {
     pub max_concurrent_calls: usize,
     /// Idle keep-alive connections kept per participant host.
     pub pool_idle_per_host: usize,
+    /// Which participant URLs definitions and branches may name.
+    pub allow: crate::allow::AllowList,
 }
 
 #[derive(Debug, Clone)]
@@ -149,6 +190,111 @@ struct Raw {
     twopc: RawTwoPc,
     retention: RawRetention,
     testing: RawTesting,
+    auth: RawAuth,
+    limits: RawLimits,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawLimits {
+    max_header_bytes: usize,
+    max_definition_bytes: usize,
+    max_input_bytes: usize,
+    max_json_depth: usize,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        RawLimits {
+            max_header_bytes: 16 * 1024,
+            max_definition_bytes: 64 * 1024,
+            max_input_bytes: 64 * 1024,
+            max_json_depth: 32,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAuth {
+    tokens: RawTokens,
+}
+
+/// Tokens as a TOML array of tables, or (handy in an environment variable) one
+/// string of `name:role:sha256:<hex>` entries separated by commas.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawTokens {
+    Text(String),
+    List(Vec<RawToken>),
+}
+
+impl Default for RawTokens {
+    fn default() -> Self {
+        RawTokens::Text(String::new())
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawToken {
+    name: String,
+    role: String,
+    hash: String,
+}
+
+impl RawTokens {
+    fn validate(self) -> Result<Vec<crate::auth::TokenEntry>, Error> {
+        let raw: Vec<RawToken> = match self {
+            RawTokens::List(list) => list,
+            RawTokens::Text(text) => text
+                .split(',')
+                .map(str::trim)
+                .filter(|entry| !entry.is_empty())
+                .enumerate()
+                .map(|(i, entry)| {
+                    let mut parts = entry.splitn(3, ':');
+                    match (parts.next(), parts.next(), parts.next()) {
+                        (Some(name), Some(role), Some(hash)) => Ok(RawToken {
+                            name: name.into(),
+                            role: role.into(),
+                            hash: hash.into(),
+                        }),
+                        _ => Err(Error(format!(
+                            "auth.tokens[{i}]: expected name:role:sha256:<hex>"
+                        ))),
+                    }
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        let mut entries: Vec<crate::auth::TokenEntry> = Vec::with_capacity(raw.len());
+        for (i, token) in raw.into_iter().enumerate() {
+            let name = token.name.trim().to_string();
+            if name.is_empty() || name.len() > 100 {
+                return Err(Error(format!(
+                    "auth.tokens[{i}].name: must be 1 to 100 characters"
+                )));
+            }
+            if entries.iter().any(|e| e.name == name) {
+                return Err(Error(format!(
+                    "auth.tokens[{i}].name: '{name}' is configured twice"
+                )));
+            }
+            let role = crate::auth::Role::parse(token.role.trim()).ok_or_else(|| {
+                Error(format!(
+                    "auth.tokens[{i}].role: '{}' is not service, operator or reader",
+                    token.role
+                ))
+            })?;
+            let digest = crate::auth::parse_hash(token.hash.trim()).ok_or_else(|| {
+                Error(format!(
+                    "auth.tokens[{i}].hash: expected sha256:<64 hex digits>, as `settle token hash` prints it"
+                ))
+            })?;
+            entries.push(crate::auth::TokenEntry { name, role, digest });
+        }
+        Ok(entries)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -201,6 +347,8 @@ struct RawTesting {
 #[serde(deny_unknown_fields, default)]
 struct RawServer {
     listen: String,
+    tls_cert: String,
+    tls_key: String,
     max_body_bytes: usize,
     shutdown_timeout: String,
     max_wait: String,
@@ -239,9 +387,39 @@ struct RawCoordinator {
 #[serde(deny_unknown_fields, default)]
 struct RawParticipants {
     signing_secret: String,
+    previous_signing_secret: String,
     max_response_bytes: usize,
     max_concurrent_calls: usize,
     pool_idle_per_host: usize,
+    allow: StringList,
+    allowed_schemes: StringList,
+}
+
+/// A list written as a TOML array or (handy in an environment variable) one
+/// comma-separated string.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum StringList {
+    Text(String),
+    List(Vec<String>),
+}
+
+impl StringList {
+    fn of(items: &[&str]) -> StringList {
+        StringList::List(items.iter().map(|s| s.to_string()).collect())
+    }
+
+    fn items(self) -> Vec<String> {
+        match self {
+            StringList::List(list) => list,
+            StringList::Text(text) => text
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -255,6 +433,8 @@ impl Default for RawServer {
     fn default() -> Self {
         RawServer {
             listen: "127.0.0.1:8080".into(),
+            tls_cert: String::new(),
+            tls_key: String::new(),
             max_body_bytes: 256 * 1024,
             shutdown_timeout: "30s".into(),
             max_wait: "60s".into(),
@@ -301,9 +481,12 @@ impl Default for RawParticipants {
     fn default() -> Self {
         RawParticipants {
             signing_secret: String::new(),
+            previous_signing_secret: String::new(),
             max_response_bytes: 1024 * 1024,
             max_concurrent_calls: 512,
             pool_idle_per_host: 64,
+            allow: StringList::of(&["127.0.0.0/8", "::1/128", "localhost"]),
+            allowed_schemes: StringList::of(&["http", "https"]),
         }
     }
 }
@@ -362,6 +545,23 @@ impl Raw {
             ))
         })?;
         positive("server.max_body_bytes", self.server.max_body_bytes)?;
+        let tls = match (self.server.tls_cert.trim(), self.server.tls_key.trim()) {
+            ("", "") => None,
+            ("", _) => {
+                return Err(Error(
+                    "server.tls_cert: needed next to server.tls_key".into(),
+                ))
+            }
+            (_, "") => {
+                return Err(Error(
+                    "server.tls_key: needed next to server.tls_cert".into(),
+                ))
+            }
+            (cert, key) => Some(TlsFiles {
+                cert: PathBuf::from(cert),
+                key: PathBuf::from(key),
+            }),
+        };
         positive("database.pool_size", self.database.pool_size)?;
         positive(
             "participants.max_concurrent_calls",
@@ -406,6 +606,44 @@ impl Raw {
         } else {
             self.coordinator.instance_id
         };
+        if self.participants.signing_secret.is_empty()
+            && !self.participants.previous_signing_secret.is_empty()
+        {
+            return Err(Error(
+                "participants.previous_signing_secret: set only during a rotation, next to participants.signing_secret".into(),
+            ));
+        }
+        positive(
+            "limits.max_definition_bytes",
+            self.limits.max_definition_bytes,
+        )?;
+        positive("limits.max_input_bytes", self.limits.max_input_bytes)?;
+        // actix-web refuses more than 32 KiB of headers by itself, without a problem body.
+        if !(1024..=32 * 1024).contains(&self.limits.max_header_bytes) {
+            return Err(Error(format!(
+                "limits.max_header_bytes: must be between 1024 and 32768, got {}",
+                self.limits.max_header_bytes
+            )));
+        }
+        // serde_json stops at 128 levels whatever is configured.
+        if !(2..=100).contains(&self.limits.max_json_depth) {
+            return Err(Error(format!(
+                "limits.max_json_depth: must be between 2 and 100, got {}",
+                self.limits.max_json_depth
+            )));
+        }
+        let tokens = self.auth.tokens.validate()?;
+        let allow = crate::allow::AllowList::parse(
+            &self.participants.allow.items(),
+            &self.participants.allowed_schemes.items(),
+        )
+        .map_err(|e| Error(format!("participants.{e}")))?;
+        if tokens.is_empty() && !listen.ip().is_loopback() {
+            return Err(Error(format!(
+                "server.listen: refusing to serve an open API on {listen}, which is not a loopback address; \
+                 configure auth.tokens (`settle token new NAME ROLE` makes one) or listen on 127.0.0.1"
+            )));
+        }
         let level = self.log.level;
         if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
             return Err(Error(format!("log.level: '{level}' is not a valid filter")));
@@ -413,6 +651,7 @@ impl Raw {
         Ok(Settings {
             server: ServerSettings {
                 listen,
+                tls,
                 max_body_bytes: self.server.max_body_bytes,
                 shutdown_timeout: duration(
                     "server.shutdown_timeout",
@@ -450,9 +689,12 @@ impl Raw {
             participants: ParticipantSettings {
                 signing_secret: (!self.participants.signing_secret.is_empty())
                     .then(|| Secret::new(self.participants.signing_secret)),
+                previous_signing_secret: (!self.participants.previous_signing_secret.is_empty())
+                    .then(|| Secret::new(self.participants.previous_signing_secret)),
                 max_response_bytes: self.participants.max_response_bytes,
                 max_concurrent_calls: self.participants.max_concurrent_calls,
                 pool_idle_per_host: self.participants.pool_idle_per_host,
+                allow,
             },
             log: LogSettings {
                 json: self.log.json,
@@ -479,6 +721,13 @@ impl Raw {
                     }
                 },
                 interval: duration("retention.interval", &self.retention.interval)?,
+            },
+            auth: AuthSettings { tokens },
+            limits: LimitsSettings {
+                max_header_bytes: self.limits.max_header_bytes,
+                max_definition_bytes: self.limits.max_definition_bytes,
+                max_input_bytes: self.limits.max_input_bytes,
+                max_json_depth: self.limits.max_json_depth,
             },
             testing: TestingSettings {
                 pause_at: match self.testing.pause_at.as_str() {
@@ -555,11 +804,63 @@ mod tests {
             ("[database]\npool_size = \"many\"\n", "pool_size"),
             ("[server]\nlistne = \"x\"\n", "listne"),
             ("[redis]\nurl = \"http://x\"\n", "redis.url"),
+            (
+                "[server]\nlisten = \"0.0.0.0:8080\"\n",
+                "not a loopback address",
+            ),
+            (
+                "[auth]\ntokens = \"a:admin:sha256:00\"\n",
+                "auth.tokens[0].role",
+            ),
+            (
+                "[auth]\ntokens = \"a:reader:plain\"\n",
+                "auth.tokens[0].hash",
+            ),
+            ("[auth]\ntokens = \"just-a-token\"\n", "auth.tokens[0]"),
+            (
+                "[participants]\nallow = [\"10.0.0.0/40\"]\n",
+                "participants.allow",
+            ),
+            (
+                "[participants]\nallowed_schemes = \"gopher\"\n",
+                "participants.allowed_schemes",
+            ),
         ];
         for (toml, key) in cases {
             let err = load_toml(toml).expect_err(toml).to_string();
             assert!(err.contains(key), "{toml:?} gave {err}");
         }
+    }
+
+    #[test]
+    fn tokens_load_from_tables_or_one_string_and_open_other_addresses() {
+        let ops = crate::auth::hash_token("op-token");
+        let svc = crate::auth::hash_token("svc-token");
+        let s = load_toml(&format!(
+            "[server]\nlisten = \"0.0.0.0:8080\"\n[[auth.tokens]]\nname = \"alice\"\nrole = \"operator\"\nhash = \"{ops}\"\n\
+             [[auth.tokens]]\nname = \"orders\"\nrole = \"service\"\nhash = \"{svc}\"\n"
+        ))
+        .unwrap();
+        assert_eq!(s.server.listen.to_string(), "0.0.0.0:8080");
+        let names: Vec<_> = s.auth.tokens.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["alice", "orders"]);
+        assert_eq!(
+            crate::auth::find(&s.auth.tokens, "svc-token").map(|t| t.role),
+            Some(crate::auth::Role::Service)
+        );
+
+        let s = load_toml(&format!(
+            "[auth]\ntokens = \"alice:operator:{ops}, orders:service:{svc}\"\n"
+        ))
+        .unwrap();
+        assert_eq!(s.auth.tokens.len(), 2);
+        assert!(format!("{:?}", s.auth).contains("alice"));
+        assert!(!format!("{:?}", s.auth).contains(&ops[7..]));
+
+        let twice = load_toml(&format!(
+            "[auth]\ntokens = \"alice:operator:{ops},alice:reader:{svc}\"\n"
+        ));
+        assert!(twice.unwrap_err().to_string().contains("configured twice"));
     }
 
     #[test]

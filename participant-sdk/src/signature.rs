@@ -35,6 +35,9 @@ pub enum Error {
 /// Shorthand for results of signature verification.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Most `v1=` values a header may carry (two during a rotation, with room to spare).
+const MAX_SIGNATURES: usize = 4;
+
 /// The default largest age of a signature a [`Verifier`] accepts.
 pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(5 * 60);
 
@@ -62,6 +65,30 @@ fn mac(secret: &[u8], unix_seconds: u64, body: &[u8]) -> HmacSha256 {
 pub fn sign(secret: &[u8], unix_seconds: u64, body: &[u8]) -> String {
     let digest = mac(secret, unix_seconds, body).finalize().into_bytes();
     format!("t={unix_seconds},v1={}", hex::encode(digest))
+}
+
+/// Signs with every active secret while the coordinator rotates them:
+/// `t={t},v1={sig with the first},v1={sig with the second}`. A participant that
+/// knows either secret accepts it, so participants can switch one at a time.
+///
+/// ```
+/// use settle_participant::signature::{sign_with_all, Verifier};
+/// let body = br#"{"step":"charge-payment"}"#;
+/// let header = sign_with_all(&[b"new".as_slice(), b"old".as_slice()], 1_700_000_000, body);
+/// assert_eq!(header.matches("v1=").count(), 2);
+/// let only_old = Verifier::new(vec![b"old".to_vec()]);
+/// assert!(only_old.verify(Some(&header), body, 1_700_000_001).is_ok());
+/// let only_new = Verifier::new(vec![b"new".to_vec()]);
+/// assert!(only_new.verify(Some(&header), body, 1_700_000_001).is_ok());
+/// ```
+pub fn sign_with_all(secrets: &[&[u8]], unix_seconds: u64, body: &[u8]) -> String {
+    let mut header = format!("t={unix_seconds}");
+    for secret in secrets {
+        let digest = mac(secret, unix_seconds, body).finalize().into_bytes();
+        header.push_str(",v1=");
+        header.push_str(&hex::encode(digest));
+    }
+    header
 }
 
 /// The current time in unix seconds, as [`Verifier::verify`] and [`sign`] expect it.
@@ -150,7 +177,7 @@ impl Verifier {
     /// ```
     pub fn verify(&self, header: Option<&str>, body: &[u8], now_unix: u64) -> Result<()> {
         let header = header.ok_or(Error::Missing)?;
-        let (timestamp, signature) = parse_header(header)?;
+        let (timestamp, signatures) = parse_header(header)?;
         let max_age = self.max_age.as_secs();
         if timestamp < now_unix {
             let age = now_unix - timestamp;
@@ -166,9 +193,9 @@ impl Verifier {
             });
         }
         let accepted = self.secrets.iter().any(|secret| {
-            mac(secret, timestamp, body)
-                .verify_slice(&signature)
-                .is_ok()
+            signatures
+                .iter()
+                .any(|signature| mac(secret, timestamp, body).verify_slice(signature).is_ok())
         });
         if accepted {
             Ok(())
@@ -178,10 +205,10 @@ impl Verifier {
     }
 }
 
-/// Splits `t={t},v1={hex}` into the timestamp and the raw signature bytes.
-fn parse_header(header: &str) -> Result<(u64, Vec<u8>)> {
+/// Splits `t={t},v1={hex}[,v1={hex}]` into the timestamp and the raw signatures.
+fn parse_header(header: &str) -> Result<(u64, Vec<Vec<u8>>)> {
     let mut timestamp = None;
-    let mut signature = None;
+    let mut signatures = Vec::new();
     for part in header.split(',') {
         let (key, value) = part
             .trim()
@@ -196,15 +223,20 @@ fn parse_header(header: &str) -> Result<(u64, Vec<u8>)> {
             }
             "v1" => {
                 let bytes = hex::decode(value).map_err(|_| Error::Malformed("v1 is not hex"))?;
-                signature = Some(bytes);
+                if signatures.len() >= MAX_SIGNATURES {
+                    return Err(Error::Malformed("too many v1= signatures"));
+                }
+                signatures.push(bytes);
             }
             // Later schemes (v2, ...) may ride along; this verifier only knows v1.
             _ => {}
         }
     }
     let timestamp = timestamp.ok_or(Error::Malformed("no t= timestamp"))?;
-    let signature = signature.ok_or(Error::Malformed("no v1= signature"))?;
-    Ok((timestamp, signature))
+    if signatures.is_empty() {
+        return Err(Error::Malformed("no v1= signature"));
+    }
+    Ok((timestamp, signatures))
 }
 
 #[cfg(test)]
@@ -249,6 +281,28 @@ mod tests {
         assert_eq!(
             verifier().verify(Some(&header), BODY, NOW),
             Err(Error::Mismatch)
+        );
+    }
+
+    #[test]
+    fn a_rotation_header_verifies_with_either_secret_and_not_with_a_third() {
+        let header = sign_with_all(&[b"new-secret".as_slice(), b"current-secret"], NOW, BODY);
+        assert_eq!(verifier().verify(Some(&header), BODY, NOW), Ok(()));
+        let new_only = Verifier::new(vec![b"new-secret".to_vec()]);
+        assert_eq!(new_only.verify(Some(&header), BODY, NOW), Ok(()));
+        let neither = Verifier::new(vec![b"third".to_vec()]);
+        assert_eq!(
+            neither.verify(Some(&header), BODY, NOW),
+            Err(Error::Mismatch)
+        );
+        assert_eq!(
+            verifier().verify(Some(&header), b"{}", NOW),
+            Err(Error::Mismatch)
+        );
+        let stuffed = format!("{header},v1=00,v1=00,v1=00");
+        assert_eq!(
+            verifier().verify(Some(&stuffed), BODY, NOW),
+            Err(Error::Malformed("too many v1= signatures"))
         );
     }
 

@@ -8,6 +8,7 @@ pub mod pg_cluster;
 pub mod proxy;
 pub mod redis_server;
 pub mod scripted;
+pub mod webdriver;
 
 use std::future::Future;
 use std::time::{Duration, Instant};

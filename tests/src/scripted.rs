@@ -46,6 +46,8 @@ pub struct Received {
     pub path: String,
     /// The JSON body as sent.
     pub body: Value,
+    /// The body's bytes, exactly as they arrived (what a signature covers).
+    pub raw_body: Vec<u8>,
     pub idempotency_key: Option<String>,
     pub traceparent: Option<String>,
     pub signature: Option<String>,
@@ -84,6 +86,7 @@ async fn answer(
     script: web::Data<Arc<Mutex<Script>>>,
 ) -> HttpResponse {
     let path = req.path().to_string();
+    let raw_body = body.to_vec();
     let Ok(body) = serde_json::from_slice::<Value>(&body) else {
         return HttpResponse::BadRequest().json(json!({ "detail": "not a JSON body" }));
     };
@@ -104,6 +107,7 @@ async fn answer(
         s.calls.push(Received {
             path: path.clone(),
             body,
+            raw_body,
             idempotency_key: header("Idempotency-Key"),
             traceparent: header("traceparent"),
             signature: header("Settle-Signature"),

@@ -50,6 +50,55 @@ pub enum Command {
         #[command(subcommand)]
         command: ops::Def,
     },
+    /// Make API tokens and the hashes `auth.tokens` stores.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Print a fresh random token and the `auth.tokens` entry that accepts it.
+    New {
+        /// The token's name: the actor recorded in timelines.
+        name: String,
+        /// service, operator or reader.
+        role: String,
+    },
+    /// Read a token from standard input and print its `sha256:…` hash.
+    Hash,
+}
+
+/// `settle token …`: needs no configuration, so it runs before any is loaded.
+fn token(command: TokenCommand) -> anyhow::Result<()> {
+    match command {
+        TokenCommand::New { name, role } => {
+            anyhow::ensure!(
+                crate::auth::Role::parse(&role).is_some(),
+                "role: '{role}' is not service, operator or reader"
+            );
+            anyhow::ensure!(
+                !name.is_empty() && !name.contains([':', ',']),
+                "name: must be non-empty, without ':' or ','"
+            );
+            let token = crate::auth::new_token();
+            let hash = crate::auth::hash_token(&token);
+            println!("token: {token}");
+            println!("# settle.toml (keep the token itself out of it):");
+            println!("[[auth.tokens]]\nname = \"{name}\"\nrole = \"{role}\"\nhash = \"{hash}\"");
+            println!("# or in the environment:");
+            println!("SETTLE__AUTH__TOKENS={name}:{role}:{hash}");
+        }
+        TokenCommand::Hash => {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line)?;
+            let token = line.trim_end_matches(['\r', '\n']);
+            anyhow::ensure!(!token.is_empty(), "no token on standard input");
+            println!("{}", crate::auth::hash_token(token));
+        }
+    }
+    Ok(())
 }
 
 /// The whole `settle` program: what `main` runs.
@@ -75,16 +124,21 @@ pub fn main() -> std::process::ExitCode {
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let mut settings = Settings::load(cli.config.as_deref())?;
-    if cli.json_logs {
-        settings.log.json = true;
-    }
-    telemetry::init(&settings.log);
+    let load = || -> anyhow::Result<Settings> {
+        let mut settings = Settings::load(cli.config.as_deref())?;
+        if cli.json_logs {
+            settings.log.json = true;
+        }
+        telemetry::init(&settings.log);
+        Ok(settings)
+    };
     match cli.command {
-        Command::Serve => serve(settings).await,
-        Command::Migrate => migrate(settings).await,
+        Command::Serve => serve(load()?).await,
+        Command::Migrate => migrate(load()?).await,
+        // The operator commands talk to a coordinator; they need no configuration of their own.
         Command::Tx { target, command } => ops::tx(&target, command).await,
         Command::Def { target, command } => ops::def(&target, command).await,
+        Command::Token { command } => token(command),
     }
 }
 

@@ -25,6 +25,20 @@ pub struct Target {
     /// Print JSON instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Bearer token (a reader token reads, an operator token acts).
+    #[arg(long, env = "SETTLE_TOKEN", global = true, hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+impl Target {
+    /// The API client these options describe.
+    fn client(&self) -> anyhow::Result<CoordinatorClient> {
+        let client = CoordinatorClient::new(&self.url)?;
+        Ok(match &self.token {
+            Some(token) => client.with_token(token)?,
+            None => client,
+        })
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -110,7 +124,7 @@ fn print<T: Serialize>(
 }
 
 pub async fn tx(target: &Target, command: Tx) -> anyhow::Result<()> {
-    let client = CoordinatorClient::new(&target.url)?;
+    let client = target.client()?;
     match command {
         Tx::List {
             filters,
@@ -271,7 +285,7 @@ async fn act(
 }
 
 pub async fn def(target: &Target, command: Def) -> anyhow::Result<()> {
-    let client = CoordinatorClient::new(&target.url)?;
+    let client = target.client()?;
     match command {
         Def::List => {
             let all = client.list_definitions().await?;

@@ -6,7 +6,9 @@ mod document;
 mod validate;
 
 pub use document::{Document, EndpointDoc, RetryDoc, StepDoc};
-pub use validate::{check_duration, check_name, check_url, compile};
+pub use validate::{
+    check_allowed, check_duration, check_name, check_participants, check_url, compile,
+};
 
 use sha2::{Digest, Sha256};
 

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use super::{Document, EndpointDoc, Invalid, RetryDoc, MAX_STEPS};
+use crate::allow::AllowList;
 use crate::machine::retry::RetryPolicy;
 use crate::machine::spec::{Endpoint, SagaSpec, StepSpec};
 
@@ -170,6 +171,37 @@ fn endpoint(at: &str, doc: &EndpointDoc, inherited: RetryPolicy) -> Result<Endpo
         url: doc.url.clone(),
         timeout_ms: timeout.as_millis() as u64,
         retry,
+    })
+}
+
+/// Every participant URL of a definition is on the allow-list; the error names the field and the URL.
+pub fn check_participants(doc: &Document, allow: &AllowList) -> Result<(), Invalid> {
+    for (i, step) in doc.steps.iter().enumerate() {
+        check_allowed(&format!("steps[{i}].action.url"), &step.action.url, allow)?;
+        if let Some(compensation) = &step.compensation {
+            check_allowed(
+                &format!("steps[{i}].compensation.url"),
+                &compensation.url,
+                allow,
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// One URL against the allow-list (after [`check_url`] accepted its form).
+pub fn check_allowed(field: &str, url: &str, allow: &AllowList) -> Result<(), Invalid> {
+    check_url(field, url)?;
+    let parsed = reqwest::Url::parse(url)
+        .map_err(|e| Invalid::new(field, format!("'{}' is not a URL: {e}", truncate(url, 200))))?;
+    allow.check(&parsed).map_err(|why| {
+        Invalid::new(
+            field,
+            format!(
+                "'{}' is not an allowed participant: {why}",
+                truncate(url, 200)
+            ),
+        )
     })
 }
 

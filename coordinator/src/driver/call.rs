@@ -36,11 +36,11 @@ pub fn traceparent(trace_id: Uuid) -> String {
 pub async fn post(
     http: &reqwest::Client,
     out: &Outgoing,
-    secret: Option<&Secret>,
+    secrets: &[Secret],
     max_response_bytes: usize,
 ) -> Answered {
     let started = Instant::now();
-    let (outcome, status) = match send(http, out, secret, max_response_bytes).await {
+    let (outcome, status) = match send(http, out, secrets, max_response_bytes).await {
         Ok(answer) => answer,
         Err(error) => (
             Outcome::Transient {
@@ -60,7 +60,7 @@ pub async fn post(
 async fn send(
     http: &reqwest::Client,
     out: &Outgoing,
-    secret: Option<&Secret>,
+    secrets: &[Secret],
     max_response_bytes: usize,
 ) -> Result<(Outcome, Option<u16>), String> {
     let mut builder = http
@@ -69,14 +69,21 @@ async fn send(
         .header(reqwest::header::CONTENT_TYPE, "application/json")
         .header(IDEMPOTENCY_KEY_HEADER, &out.idempotency_key)
         .header(TRACEPARENT_HEADER, traceparent(out.trace_id));
-    if let Some(secret) = secret {
+    if !secrets.is_empty() {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
         builder = builder.header(
             SIGNATURE_HEADER,
-            signature::sign(secret.expose().as_bytes(), now, &out.body),
+            signature::sign_with_all(
+                &secrets
+                    .iter()
+                    .map(|s| s.expose().as_bytes())
+                    .collect::<Vec<_>>(),
+                now,
+                &out.body,
+            ),
         );
     }
     let mut response = builder

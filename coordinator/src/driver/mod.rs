@@ -5,6 +5,7 @@
 mod call;
 mod operator;
 mod recovery;
+mod resolver;
 mod retention;
 mod run;
 mod twopc;
@@ -65,6 +66,8 @@ pub struct Driver {
     locks: Arc<Locks>,
     specs: Arc<Specs>,
     http: reqwest::Client,
+    /// Secrets every participant call is signed with: the current one, then the one being retired.
+    signing_secrets: Arc<[crate::settings::Secret]>,
     settings: Settings,
     owned: Mutex<HashMap<Uuid, Owned>>,
     waiters: Mutex<HashMap<Uuid, Arc<Notify>>>,
@@ -107,6 +110,7 @@ impl Driver {
     ) -> anyhow::Result<Arc<Driver>> {
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
+            .dns_resolver(Arc::new(resolver::GuardedResolver))
             .pool_max_idle_per_host(settings.participants.pool_idle_per_host)
             .pool_idle_timeout(Duration::from_secs(60))
             .tcp_nodelay(true)
@@ -128,6 +132,13 @@ impl Driver {
             locks,
             specs,
             http,
+            signing_secrets: [
+                settings.participants.signing_secret.clone(),
+                settings.participants.previous_signing_secret.clone(),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
             settings,
             owned: Mutex::new(HashMap::new()),
             waiters: Mutex::new(HashMap::new()),

@@ -287,14 +287,14 @@ impl Driver {
             return false;
         };
         let http = self.http.clone();
-        let secret = self.settings.participants.signing_secret.clone();
+        let secrets = self.signing_secrets.clone();
         let max = self.settings.participants.max_response_bytes;
         let permits = self.calls.clone();
         let span = tracing::info_span!("call", step = %out.label, phase = out.phase, attempt = out.attempt);
         tokio::spawn(tracing::Instrument::instrument(
             async move {
                 let permit = permits.acquire_owned().await;
-                let answered = call::post(&http, &out, secret.as_ref(), max).await;
+                let answered = call::post(&http, &out, &secrets, max).await;
                 drop(permit);
                 tracing::debug!(status = ?answered.status, outcome = outcome_str(&answered.outcome), "participant answered");
                 let _ = replies.send(Reply {

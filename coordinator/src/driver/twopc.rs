@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 use super::workflow::{step_of, Event, TxRun, Workflow};
 use super::{request_digest, run, Driver, Started};
+use crate::allow::AllowList;
 use crate::definition::{self, Invalid};
 use crate::machine::retry::RetryPolicy;
 use crate::machine::twopc::{BranchSpec, TwoPc, Verdict};
@@ -55,18 +56,23 @@ pub enum Closed {
 }
 
 /// A branch from the wire, checked.
-pub fn branch_spec(field: &str, b: &NewBranch, needs_prepare: bool) -> Result<BranchSpec, Invalid> {
+pub fn branch_spec(
+    field: &str,
+    b: &NewBranch,
+    needs_prepare: bool,
+    allow: &AllowList,
+) -> Result<BranchSpec, Invalid> {
     definition::check_name(&format!("{field}.name"), &b.name)?;
     if let Some(url) = &b.prepare_url {
-        definition::check_url(&format!("{field}.prepare_url"), url)?;
+        definition::check_allowed(&format!("{field}.prepare_url"), url, allow)?;
     } else if needs_prepare {
         return Err(Invalid::new(
             format!("{field}.prepare_url"),
             "a one-shot participant needs a prepare_url",
         ));
     }
-    definition::check_url(&format!("{field}.commit_url"), &b.commit_url)?;
-    definition::check_url(&format!("{field}.abort_url"), &b.abort_url)?;
+    definition::check_allowed(&format!("{field}.commit_url"), &b.commit_url, allow)?;
+    definition::check_allowed(&format!("{field}.abort_url"), &b.abort_url, allow)?;
     Ok(BranchSpec {
         name: b.name.clone(),
         prepare_url: b.prepare_url.clone(),
@@ -122,7 +128,12 @@ impl Driver {
                 }
                 let mut branches = Vec::with_capacity(participants.len());
                 for (i, p) in participants.iter().enumerate() {
-                    let spec = branch_spec(&format!("participants[{i}]"), p, true)?;
+                    let spec = branch_spec(
+                        &format!("participants[{i}]"),
+                        p,
+                        true,
+                        &self.settings.participants.allow,
+                    )?;
                     if branches.iter().any(|b: &BranchSpec| b.name == spec.name) {
                         return Err(Invalid::new(
                             format!("participants[{i}].name"),

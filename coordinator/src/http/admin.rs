@@ -12,8 +12,9 @@ use settle_participant::api::{
 };
 use uuid::Uuid;
 
+use super::auth::Caller;
 use super::error::ApiError;
-use super::{json, views, AppState, API_ACTOR};
+use super::{json, views, AppState};
 use crate::driver::Acted;
 use crate::machine::operator::Action;
 use crate::store::{self, admin::Filter, admin::Listed};
@@ -278,6 +279,7 @@ pub async fn list(
 /// `GET /v1/admin/transactions/{id}`: the transaction and every event of its timeline.
 pub async fn detail(
     state: web::Data<AppState>,
+    _: web::Query<super::NoQuery>,
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
     let id = *id;
@@ -402,6 +404,8 @@ fn action_of(name: &str, body: &[u8]) -> Result<(Action, Option<String>), ApiErr
 /// when the action does not apply to the transaction's state.
 pub async fn act(
     state: web::Data<AppState>,
+    _: web::Query<super::NoQuery>,
+    caller: Caller,
     path: web::Path<(Uuid, String)>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
@@ -409,7 +413,7 @@ pub async fn act(
     let (action, note) = action_of(&name, &body)?;
     let acted = state
         .driver
-        .operate(id, action, API_ACTOR, note.as_deref())
+        .operate(id, action, caller.name(), note.as_deref())
         .await?;
     match acted {
         Acted::Done { state } | Acted::AlreadyInEffect { state } => Ok(json(
@@ -439,6 +443,7 @@ const MAX_BULK: usize = 10_000;
 /// action on every match (or, with `dry_run`, only the count).
 pub async fn bulk(
     state: web::Data<AppState>,
+    caller: Caller,
     name: web::Path<String>,
     query: web::Query<ListQuery>,
     body: web::Bytes,
@@ -482,7 +487,7 @@ pub async fn bulk(
         for id in ids {
             match state
                 .driver
-                .operate(id, action.clone(), API_ACTOR, request.note.as_deref())
+                .operate(id, action.clone(), caller.name(), request.note.as_deref())
                 .await?
             {
                 Acted::Done { .. } => result.applied += 1,

@@ -22,6 +22,7 @@ const ACCEPTED_TYPES: &[&str] = &[
 pub async fn register(
     state: web::Data<AppState>,
     req: HttpRequest,
+    _: web::Query<super::NoQuery>,
     name: web::Path<String>,
     mut payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
@@ -41,7 +42,7 @@ pub async fn register(
             ));
         }
     }
-    let limit = state.settings.server.max_body_bytes;
+    let limit = state.settings.limits.max_definition_bytes;
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|e| {
@@ -72,6 +73,7 @@ pub async fn register(
         .with_field("name"));
     }
     definition::compile(&doc, 1)?;
+    definition::check_participants(&doc, &state.settings.participants.allow)?;
     let spec = serde_json::to_value(&doc).map_err(|e| ApiError::internal(&e))?;
     let digest = definition::digest(&doc);
     let (stored, created) =
@@ -96,7 +98,10 @@ pub async fn register(
 }
 
 /// `GET /v1/saga-definitions`: the latest version of each.
-pub async fn list(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub async fn list(
+    state: web::Data<AppState>,
+    _: web::Query<super::NoQuery>,
+) -> Result<HttpResponse, ApiError> {
     let all = store::definitions::list_latest(&state.pool).await?;
     let summaries: Vec<_> = all.into_iter().map(views::summary).collect();
     Ok(json(StatusCode::OK, &summaries))
@@ -105,6 +110,7 @@ pub async fn list(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> 
 /// `GET /v1/saga-definitions/{name}`: the latest version.
 pub async fn latest(
     state: web::Data<AppState>,
+    _: web::Query<super::NoQuery>,
     name: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let stored = store::definitions::latest(&state.pool, &name)
@@ -121,6 +127,7 @@ pub async fn latest(
 /// `GET /v1/saga-definitions/{name}/versions`: every version, newest first.
 pub async fn versions(
     state: web::Data<AppState>,
+    _: web::Query<super::NoQuery>,
     name: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let all = store::definitions::versions(&state.pool, &name).await?;
@@ -137,6 +144,7 @@ pub async fn versions(
 /// `GET /v1/saga-definitions/{name}/versions/{version}`.
 pub async fn version(
     state: web::Data<AppState>,
+    _: web::Query<super::NoQuery>,
     path: web::Path<(String, i32)>,
 ) -> Result<HttpResponse, ApiError> {
     let (name, version) = path.into_inner();

@@ -1,11 +1,14 @@
 //! actix-web handlers and the wiring of routes, extractor limits and error shapes.
 
 pub mod admin;
+pub mod auth;
 pub mod definitions;
 pub mod error;
 pub mod health;
+pub mod limits;
 pub mod sagas;
 pub mod transactions;
+pub mod ui;
 mod views;
 
 use std::sync::Arc;
@@ -29,9 +32,6 @@ pub struct AppState {
     pub settings: Settings,
 }
 
-/// Who is acting, for the timeline. Authentication (a later capability) will name tokens here.
-pub const API_ACTOR: &str = "api";
-
 pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg: &mut web::ServiceConfig| {
         let limit = state.settings.server.max_body_bytes;
@@ -50,6 +50,9 @@ pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceCon
             }))
             .route("/healthz", web::get().to(health::healthz))
             .route("/readyz", web::get().to(health::readyz))
+            .route("/ui", web::get().to(ui::redirect))
+            .route("/ui/", web::get().to(ui::index))
+            .route("/ui/assets/{name}", web::get().to(ui::asset))
             .service(
                 web::scope("/v1")
                     .route("/saga-definitions", web::get().to(definitions::list))
@@ -125,6 +128,12 @@ fn json_error(e: JsonPayloadError) -> ApiError {
             "unsupported_media_type",
             "send the body as application/json",
         ),
+        JsonPayloadError::Deserialize(e) if e.to_string().contains("recursion limit") => {
+            ApiError::bad_request(
+                "json_too_deep",
+                "the body nests arrays and objects more than 128 levels deep",
+            )
+        }
         JsonPayloadError::Deserialize(e) if e.is_data() => ApiError::unprocessable(
             "invalid_body",
             format!("the body does not match the schema: {e}"),
@@ -184,6 +193,11 @@ pub async fn fetch(
         )
     })
 }
+
+/// The query of a route that takes none: any parameter is a 400 `invalid_query`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoQuery {}
 
 pub fn json<T: serde::Serialize>(status: actix_web::http::StatusCode, body: &T) -> HttpResponse {
     HttpResponse::build(status).json(body)

@@ -6,8 +6,9 @@ use serde::Deserialize;
 use settle_participant::api::StartSaga;
 use uuid::Uuid;
 
+use super::auth::Caller;
 use super::error::ApiError;
-use super::{fetch, parse_wait, views, AppState, API_ACTOR};
+use super::{fetch, parse_wait, views, AppState};
 use crate::driver::Started;
 
 const MAX_IDEMPOTENCY_KEY: usize = 200;
@@ -59,15 +60,17 @@ async fn respond(
 pub async fn start(
     state: web::Data<AppState>,
     req: HttpRequest,
+    caller: Caller,
     query: web::Query<WaitQuery>,
     body: web::Json<StartSaga>,
 ) -> Result<HttpResponse, ApiError> {
     let wait = parse_wait(query.wait.as_deref(), state.settings.server.max_wait)?;
     let key = idempotency_key(&req)?;
     let StartSaga { definition, input } = body.into_inner();
+    super::limits::check_value("input", &input, &state.settings.limits)?;
     let started = state
         .driver
-        .start_saga(&definition, input, key.as_deref(), API_ACTOR)
+        .start_saga(&definition, input, key.as_deref(), caller.name())
         .await?;
     match started {
         Started::New(id) => respond(&state, id, wait, StatusCode::CREATED).await,
@@ -88,12 +91,13 @@ pub async fn get(
 /// `POST /v1/sagas/{id}/cancel`: a running saga compensates (202); asking again is harmless.
 pub async fn cancel(
     state: web::Data<AppState>,
+    caller: Caller,
     id: web::Path<Uuid>,
     query: web::Query<WaitQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let wait = parse_wait(query.wait.as_deref(), state.settings.server.max_wait)?;
     let id = *id;
-    let current = state.driver.cancel(id, API_ACTOR).await?;
+    let current = state.driver.cancel(id, caller.name()).await?;
     match current.as_deref() {
         None => Err(ApiError::not_found(
             "saga_not_found",

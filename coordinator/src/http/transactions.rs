@@ -5,9 +5,10 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use settle_participant::api::{NewBranch, NewTransaction};
 use uuid::Uuid;
 
+use super::auth::Caller;
 use super::error::ApiError;
 use super::sagas::{idempotency_key, WaitQuery};
-use super::{fetch, parse_wait, views, AppState, API_ACTOR};
+use super::{fetch, parse_wait, views, AppState};
 use crate::driver::{self, Closed, Started};
 use crate::machine::twopc::Verdict;
 use crate::store::{self, twopc::Registered};
@@ -33,14 +34,24 @@ async fn respond(
 pub async fn start(
     state: web::Data<AppState>,
     req: HttpRequest,
+    caller: Caller,
     query: web::Query<WaitQuery>,
     body: web::Json<NewTransaction>,
 ) -> Result<HttpResponse, ApiError> {
     let wait = parse_wait(query.wait.as_deref(), state.settings.server.max_wait)?;
     let key = idempotency_key(&req)?;
+    for (i, p) in body.participants.iter().flatten().enumerate() {
+        if let Some(payload) = &p.payload {
+            super::limits::check_value(
+                &format!("participants[{i}].payload"),
+                payload,
+                &state.settings.limits,
+            )?;
+        }
+    }
     let started = state
         .driver
-        .start_transaction(&body, key.as_deref(), API_ACTOR)
+        .start_transaction(&body, key.as_deref(), caller.name())
         .await
         .map_err(|e| match e {
             driver::TxStartError::Invalid(invalid) => {
@@ -78,14 +89,25 @@ pub async fn get(
 /// `POST /v1/transactions/{id}/branches`: a TCC branch, after its Try succeeded.
 pub async fn register_branch(
     state: web::Data<AppState>,
+    _: web::Query<super::NoQuery>,
+    caller: Caller,
     id: web::Path<Uuid>,
     body: web::Json<NewBranch>,
 ) -> Result<HttpResponse, ApiError> {
     let id = *id;
-    let spec = driver::twopc_branch_spec("branch", &body, false).map_err(|e| {
-        ApiError::unprocessable("invalid_branch", e.to_string()).with_field(e.field)
-    })?;
-    match state.driver.register_branch(id, &spec, API_ACTOR).await? {
+    if let Some(payload) = &body.payload {
+        super::limits::check_value("payload", payload, &state.settings.limits)?;
+    }
+    let spec =
+        driver::twopc_branch_spec("branch", &body, false, &state.settings.participants.allow)
+            .map_err(|e| {
+                ApiError::unprocessable("invalid_branch", e.to_string()).with_field(e.field)
+            })?;
+    match state
+        .driver
+        .register_branch(id, &spec, caller.name())
+        .await?
+    {
         Registered::Added => respond(&state, id, None, StatusCode::CREATED).await,
         Registered::AlreadyThere => respond(&state, id, None, StatusCode::OK).await,
         Registered::NameTaken => Err(ApiError::conflict(
@@ -111,25 +133,28 @@ pub async fn register_branch(
 /// `POST /v1/transactions/{id}/commit`.
 pub async fn commit(
     state: web::Data<AppState>,
+    caller: Caller,
     id: web::Path<Uuid>,
     query: web::Query<WaitQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    close(&state, *id, Verdict::Commit, &query).await
+    close(&state, &caller, *id, Verdict::Commit, &query).await
 }
 
 /// `POST /v1/transactions/{id}/abort`.
 pub async fn abort(
     state: web::Data<AppState>,
+    caller: Caller,
     id: web::Path<Uuid>,
     query: web::Query<WaitQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    close(&state, *id, Verdict::Abort, &query).await
+    close(&state, &caller, *id, Verdict::Abort, &query).await
 }
 
 /// Commit and abort are idempotent: asking again for what was decided answers
 /// like the first time; asking for the opposite is a conflict.
 async fn close(
     state: &AppState,
+    caller: &Caller,
     id: Uuid,
     verdict: Verdict,
     query: &WaitQuery,
@@ -138,7 +163,7 @@ async fn close(
     let reason = (verdict == Verdict::Abort).then(|| "aborted by the client".to_string());
     let closed = state
         .driver
-        .close_transaction(id, verdict, reason, API_ACTOR)
+        .close_transaction(id, verdict, reason, caller.name())
         .await
         .map_err(|e| match e {
             driver::CloseError::Store(s) => s.into(),
