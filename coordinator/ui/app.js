@@ -6,7 +6,7 @@ import * as api from "./api.js";
 import { stepGraph } from "./graph.js";
 
 const IN_FLIGHT = ["running", "compensating", "active", "preparing", "committing", "aborting"];
-const FINISHED = ["completed", "compensated", "committed", "aborted"];
+const FINISHED = ["completed", "compensated", "committed", "aborted", "resolved"];
 const STATES = ["stuck", ...IN_FLIGHT, ...FINISHED];
 /** States nothing changes by itself: the detail view stops refreshing there. */
 const AT_REST = new Set(["stuck", ...FINISHED]);

@@ -209,7 +209,9 @@ async fn an_operator_finds_a_stuck_saga_on_the_dashboard_and_retries_it_to_compe
         .await
         .unwrap();
     let refusal = browser
-        .wait_until("#action-error", POLLS, |t| t.contains("not_stuck"))
+        .wait_until("#action-error", POLLS, |t| {
+            t.contains("action_not_applicable")
+        })
         .await
         .unwrap();
     assert!(browser
