@@ -17,6 +17,8 @@ pub struct Answer {
     pub status: u16,
     pub body: Value,
     pub delay: Duration,
+    /// A `Location` header, for redirects.
+    pub location: Option<String>,
 }
 
 impl Answer {
@@ -25,6 +27,7 @@ impl Answer {
             status: 200,
             body,
             delay: Duration::ZERO,
+            location: None,
         }
     }
     pub fn status(status: u16) -> Answer {
@@ -32,6 +35,14 @@ impl Answer {
             status,
             body: json!({ "detail": format!("scripted {status}") }),
             delay: Duration::ZERO,
+            location: None,
+        }
+    }
+    /// A redirect (`status` 301/302/307/308) to `url`.
+    pub fn redirect(status: u16, url: impl Into<String>) -> Answer {
+        Answer {
+            location: Some(url.into()),
+            ..Answer::status(status)
         }
     }
     pub fn after(mut self, delay: Duration) -> Answer {
@@ -123,7 +134,11 @@ async fn answer(
     }
     script.lock().unwrap().calls[index].finished = Some(Instant::now());
     let status = actix_web::http::StatusCode::from_u16(answer.status).expect("scripted status");
-    HttpResponse::build(status).json(answer.body)
+    let mut response = HttpResponse::build(status);
+    if let Some(location) = &answer.location {
+        response.insert_header((actix_web::http::header::LOCATION, location.as_str()));
+    }
+    response.json(answer.body)
 }
 
 impl ScriptedParticipant {

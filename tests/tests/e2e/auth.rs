@@ -187,6 +187,24 @@ async fn every_route_group_answers_401_without_a_token_and_403_to_the_wrong_role
             None,
             &["operator"],
         ),
+        (
+            Method::POST,
+            format!("/v1/admin/transactions/{id}/pause"),
+            Some(json!({ "note": "why" })),
+            &["operator"],
+        ),
+        (
+            Method::POST,
+            "/v1/admin/transactions/actions/resolve?state=stuck".into(),
+            Some(json!({ "dry_run": true })),
+            &["operator"],
+        ),
+        (
+            Method::GET,
+            "/metrics".into(),
+            None,
+            &["operator", "reader"],
+        ),
     ];
     let http = reqwest::Client::new();
     let by_role = [
@@ -231,7 +249,7 @@ async fn every_route_group_answers_401_without_a_token_and_403_to_the_wrong_role
         }
     }
     // Probes stay open; a token never appears in a response.
-    for path in ["/healthz", "/readyz"] {
+    for path in ["/healthz", "/readyz", "/openapi.json", "/ui/"] {
         let response = http
             .get(format!("{}{path}", world.coordinator.base_url))
             .send()

@@ -7,6 +7,8 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use settle_participant::signature::{now_unix, Error as SignatureError, Verifier};
 
+use settle_tests::scripted::Answer;
+
 use crate::support::{count, saga_yaml, World, WAIT};
 
 async fn problem(response: reqwest::Response) -> (u16, Value) {
@@ -206,5 +208,35 @@ async fn calls_are_signed_with_both_secrets_during_a_rotation() {
         Verifier::new(vec![b"new-one".to_vec()]).verify(Some(&header), &body, later),
         Err(SignatureError::Expired { .. })
     ));
+    world.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_from_participants_are_not_followed() {
+    let world = World::start().await;
+    let yaml = saga_yaml(&world, "moved", "", &[("a", None, false)]);
+    world.register("moved", &yaml).await;
+    let elsewhere = world.participant.url("/elsewhere");
+    world
+        .participant
+        .set_default("/a", Answer::redirect(307, elsewhere.clone()));
+    let saga = world
+        .coordinator
+        .client
+        .start_saga("moved", json!({}), None, Some(WAIT))
+        .await
+        .unwrap();
+    // A redirect is neither success nor refusal: retried, then given up on.
+    assert_ne!(saga.state, "completed", "{saga:?}");
+    assert!(world.participant.calls_to("/a").len() >= 2, "retried");
+    assert!(
+        world.participant.calls_to("/elsewhere").is_empty(),
+        "the coordinator followed a redirect to {elsewhere}"
+    );
+    let step = saga.step("a").expect("step a");
+    assert!(
+        format!("{step:?}").contains("307"),
+        "the step's error names the redirect status: {step:?}"
+    );
     world.stop().await;
 }
