@@ -125,7 +125,9 @@ pub fn problem_for_plain_errors<B>(
         .headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(PROBLEM_JSON.as_bytes()));
-    if is_problem {
+    // A response a handler built on purpose (the 503 of /readyz with its checks)
+    // carries no error: only the ones actix-web made from an error are rewritten.
+    if is_problem || res.response().error().is_none() {
         return Ok(ErrorHandlerResponse::Response(res.map_into_left_body()));
     }
     let status = res.status();
