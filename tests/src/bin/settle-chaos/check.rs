@@ -23,6 +23,8 @@ const IN_FLIGHT: &str =
 #[derive(Debug, Default)]
 pub struct Verdict {
     pub txns: u64,
+    /// How many transactions ended in each state, e.g. `completed=120`.
+    pub states: std::collections::BTreeMap<String, u64>,
     pub lost: u64,
     pub duplicated: u64,
     pub violations: Vec<String>,
@@ -39,7 +41,12 @@ struct Recorded {
 /// Waits until nothing is in flight or `timeout` passes; returns how many still are.
 pub async fn quiesce(world: &World, timeout: Duration) -> anyhow::Result<i64> {
     let deadline = Instant::now() + timeout;
+    let mut next_report = Instant::now() + Duration::from_secs(10);
     loop {
+        if Instant::now() >= next_report {
+            next_report += Duration::from_secs(10);
+            report_in_flight(world).await;
+        }
         let in_flight = match connect(&world.coordinator_db_url()).await {
             Ok(db) => db
                 .query_one(
@@ -59,6 +66,67 @@ pub async fn quiesce(world: &World, timeout: Duration) -> anyhow::Result<i64> {
             }
             _ => tokio::time::sleep(POLL).await,
         }
+    }
+}
+
+/// Prints what is still in flight, so a slow quiescence can be read from the log.
+async fn report_in_flight(world: &World) {
+    let Ok(db) = connect(&world.coordinator_db_url()).await else {
+        return;
+    };
+    let sql = format!(
+        "SELECT id::text, kind, state, coalesce(owner, '-'), \
+                coalesce(to_char(next_attempt_at - now(), 'SS.MS'), '-'), \
+                coalesce(to_char(lease_until - now(), 'SS.MS'), '-') \
+         FROM transactions WHERE {IN_FLIGHT} LIMIT 5"
+    );
+    let Ok(rows) = db.query(&sql, &[]).await else {
+        return;
+    };
+    for row in &rows {
+        let cells: Vec<String> = (0..6).map(|i| row.get::<_, String>(i)).collect();
+        eprintln!("chaos: still in flight: {}", cells.join(" "));
+    }
+    for (index, pool) in world.bank_pools.iter().enumerate() {
+        eprintln!("chaos:   bank {index} pool {:?}", pool.status());
+    }
+    if let Ok(bank) = connect(&world.bank_cluster_url()).await {
+        let activity = bank
+            .query(
+                "SELECT datname::text, coalesce(state, '-'), coalesce(wait_event_type, '-'),
+                        left(query, 70), coalesce(to_char(now() - xact_start, 'SS.MS'), '-')
+                 FROM pg_stat_activity WHERE datname LIKE 'bank%'",
+                &[],
+            )
+            .await;
+        for row in activity.unwrap_or_default() {
+            let cells: Vec<String> = (0..5).map(|i| row.get::<_, String>(i)).collect();
+            eprintln!("chaos:   bank session {}", cells.join(" | "));
+        }
+    }
+    let Some(first) = rows.first() else {
+        return;
+    };
+    let id: String = first.get(0);
+    let events = db
+        .query(
+            "SELECT to_char(at, 'HH24:MI:SS.MS'), kind, coalesce(step, '-'), coalesce(phase, '-'),
+                    coalesce(status_code, 0), coalesce(error, '-'), actor
+             FROM events WHERE transaction_id = $1::text::uuid ORDER BY id DESC LIMIT 6",
+            &[&id],
+        )
+        .await;
+    for row in events.unwrap_or_default() {
+        eprintln!(
+            "chaos:   {id} event {} {} {} {} {} {} by {}",
+            row.get::<_, String>(0),
+            row.get::<_, String>(1),
+            row.get::<_, String>(2),
+            row.get::<_, String>(3),
+            row.get::<_, i32>(4),
+            row.get::<_, String>(5),
+            row.get::<_, String>(6)
+        );
     }
 }
 
@@ -122,6 +190,7 @@ pub async fn check(world: &World, starts: &[Start]) -> anyhow::Result<Verdict> {
     }
 
     for recorded in by_key.values() {
+        *verdict.states.entry(recorded.state.clone()).or_default() += 1;
         let terminal = matches!(
             recorded.state.as_str(),
             "completed" | "compensated" | "committed" | "aborted"

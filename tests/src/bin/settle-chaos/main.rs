@@ -100,9 +100,12 @@ fn main() -> ExitCode {
 /// Runs the whole thing; `Ok(false)` when a check found a violation.
 async fn run(options: &Options) -> anyhow::Result<bool> {
     let seed = options.seed;
+    let began = Instant::now();
+    let phase = |what: &str| eprintln!("chaos: {what} at {:.1}s", began.elapsed().as_secs_f64());
     let world = world::World::build(options.coordinators)
         .await
         .context("setting up")?;
+    phase("set up; load and faults start");
     let counts = Arc::new(Counts::default());
     let deadline = Instant::now() + options.duration;
     let network = nemesis::network_faults(&world, seed, options.duration, &counts);
@@ -122,9 +125,13 @@ async fn run(options: &Options) -> anyhow::Result<bool> {
         task.abort();
     }
     let mut world = faults?;
+    phase("faults stop");
     world.heal().await.context("healing every fault")?;
+    phase("healed");
     let report = clients.await.context("the clients")?;
+    phase("clients done");
     let in_flight = check::quiesce(&world, QUIESCENCE).await?;
+    phase("quiescent");
     let mut verdict = check::check(&world, &report.starts).await?;
     if in_flight > 0 {
         verdict.violations.push(format!(
@@ -140,10 +147,16 @@ async fn run(options: &Options) -> anyhow::Result<bool> {
         .iter()
         .filter(|s| s.accepted.is_none())
         .count();
+    let states: Vec<String> = verdict
+        .states
+        .iter()
+        .map(|(state, n)| format!("{state}={n}"))
+        .collect();
     eprintln!(
-        "chaos detail: starts={} unconfirmed_starts={unconfirmed} participant_crashes={}",
+        "chaos detail: starts={} unconfirmed_starts={unconfirmed} participant_crashes={} {}",
         report.starts.len(),
-        Counts::get(&counts.participant_crashes)
+        Counts::get(&counts.participant_crashes),
+        states.join(" ")
     );
     println!(
         "chaos seed={seed} txns={} kills={} pauses={} pg_restarts={} redis_flushes={} net_faults={} lost={} duplicated={} violations={}",
@@ -158,5 +171,6 @@ async fn run(options: &Options) -> anyhow::Result<bool> {
         verdict.violations.len()
     );
     world.shut_down().await;
+    phase("shut down");
     Ok(verdict.violations.is_empty())
 }

@@ -110,14 +110,14 @@ pub async fn process_faults(
         tokio::time::sleep(gap).await;
         let coordinators = world.slots.len();
         match rng.gen_range(0..12) {
-            0..=3 => {
+            0..=2 => {
                 let index = rng.gen_range(0..coordinators);
                 world.kill_coordinator(index);
                 Counts::bump(&counts.kills);
                 tokio::time::sleep(Duration::from_millis(rng.gen_range(200..=3_000))).await;
                 world.start_coordinator(index).await?;
             }
-            4..=5 => {
+            3..=5 => {
                 let index = rng.gen_range(0..coordinators);
                 world.pause_coordinator(index);
                 Counts::bump(&counts.pauses);
@@ -125,7 +125,7 @@ pub async fn process_faults(
                 tokio::time::sleep(lease + past_lease).await;
                 world.resume_coordinator(index);
             }
-            6 => {
+            6..=7 => {
                 if rng.gen_bool(0.5) {
                     world.coordinator_cluster.kill().await;
                 } else {
@@ -135,7 +135,7 @@ pub async fn process_faults(
                 tokio::time::sleep(Duration::from_millis(rng.gen_range(200..=2_000))).await;
                 world.coordinator_cluster.start_again().await;
             }
-            7..=8 => {
+            8..=9 => {
                 if rng.gen_bool(0.5) {
                     flush_redis(&world.redis.url()).await;
                 } else {

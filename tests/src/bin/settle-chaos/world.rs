@@ -23,7 +23,7 @@ use settle_tests::redis_server::ThrowawayRedis;
 /// The coordinators' database on their throwaway cluster.
 const COORDINATOR_DB: &str = "settle";
 /// Accounts per bank, and what each opens with.
-pub const ACCOUNTS_PER_BANK: usize = 4;
+pub const ACCOUNTS_PER_BANK: usize = 16;
 pub const OPENING_BALANCE: i64 = 10_000;
 /// Stock the example inventory seeds for each sku.
 pub const SEED_STOCK: i64 = 1_000_000;
@@ -54,8 +54,7 @@ pub struct Slot {
 
 pub struct World {
     pub coordinator_cluster: PgCluster,
-    /// Kept for its lifetime: dropping it removes the banks' databases.
-    _bank_cluster: PgCluster,
+    bank_cluster: PgCluster,
     pub redis: ThrowawayRedis,
     /// Kept for its lifetime: dropping it drops the order participants' database.
     _orders_db: TestDatabase,
@@ -92,7 +91,7 @@ impl World {
         let redis = ThrowawayRedis::start().await;
 
         let orders_db = TestDatabase::create().await;
-        let orders_pool = orders_db.pool(16);
+        let orders_pool = participant_pool(&orders_db.url, 16)?;
         settle_examples::setup(&orders_pool).await?;
         let orders = settle_examples::start(orders_pool.clone(), "127.0.0.1", [0; 3], None).await?;
         let order_ports = [
@@ -130,7 +129,7 @@ impl World {
             slots: Vec::new(),
             urls: Arc::new(Mutex::new(Vec::new())),
             coordinator_cluster,
-            _bank_cluster: bank_cluster,
+            bank_cluster,
             redis,
             _orders_db: orders_db,
             orders_pool,
@@ -167,6 +166,11 @@ impl World {
     /// The coordinators' database, straight to the cluster (no proxy), for checks.
     pub fn coordinator_db_url(&self) -> String {
         self.coordinator_cluster.url(COORDINATOR_DB)
+    }
+
+    /// The banks' cluster's `postgres` database, for diagnostics.
+    pub fn bank_cluster_url(&self) -> String {
+        self.bank_cluster.url("postgres")
     }
 
     /// Starts (again) the coordinator of slot `index`, with its proxies calm until it
@@ -356,6 +360,21 @@ impl World {
             bank.stop().await;
         }
     }
+}
+
+/// A participant's pool that gives up waiting for a connection after a while, so
+/// that calls the coordinator has long given up on (their handlers keep running after
+/// the caller hung up) cannot queue without bound behind the ones that matter; the
+/// participant answers "retry" instead.
+fn participant_pool(url: &str, size: usize) -> anyhow::Result<Pool> {
+    let config: tokio_postgres::Config = url.parse()?;
+    let manager = deadpool_postgres::Manager::new(config, tokio_postgres::NoTls);
+    Ok(Pool::builder(manager)
+        .max_size(size)
+        .wait_timeout(Some(Duration::from_millis(500)))
+        .create_timeout(Some(Duration::from_secs(2)))
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .build()?)
 }
 
 /// The name of account `n` at bank `bank` (0 = a, 1 = b).
