@@ -3,6 +3,7 @@
 
 mod admin;
 mod api_errors;
+mod chaos;
 mod cli;
 mod crash_recovery;
 mod definitions;
