@@ -219,5 +219,5 @@ fn transfer(rng: &mut StdRng, target: &Target) -> Value {
     };
     let debit = branch("debit", from, rng.gen_range(0..ACCOUNTS_PER_BANK), -amount);
     let credit = branch("credit", to, rng.gen_range(0..ACCOUNTS_PER_BANK), amount);
-    json!({ "participants": [debit, credit], "timeout": "20s" })
+    json!({ "participants": [debit, credit], "timeout": "10s" })
 }

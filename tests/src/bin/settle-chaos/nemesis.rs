@@ -13,7 +13,7 @@ use settle_tests::proxy::{Fault, Proxy, Schedule};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::world::World;
+use crate::world::{World, LEASE};
 
 /// What was injected, for the summary line.
 #[derive(Debug, Default)]
@@ -101,7 +101,6 @@ pub async fn process_faults(
     counts: Arc<Counts>,
 ) -> anyhow::Result<World> {
     let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed_c4a0_5eed_c4a0);
-    let lease = Duration::from_secs(2);
     loop {
         let gap = Duration::from_millis(rng.gen_range(1_000..=4_000));
         if Instant::now() + gap >= deadline {
@@ -122,7 +121,7 @@ pub async fn process_faults(
                 world.pause_coordinator(index);
                 Counts::bump(&counts.pauses);
                 let past_lease = Duration::from_millis(rng.gen_range(500..=3_000));
-                tokio::time::sleep(lease + past_lease).await;
+                tokio::time::sleep(LEASE + past_lease).await;
                 world.resume_coordinator(index);
             }
             6..=7 => {

@@ -29,11 +29,17 @@ pub const OPENING_BALANCE: i64 = 10_000;
 pub const SEED_STOCK: i64 = 1_000_000;
 pub const SKUS: [&str; 2] = ["widget", "gadget"];
 
+/// How long to wait between polls everywhere in the harness.
+pub const POLL: Duration = Duration::from_millis(100);
+
+/// The coordinators' lease; pauses last longer than this.
+pub const LEASE: Duration = Duration::from_secs(2);
+
 /// The coordinators' environment: a lease short enough for takeovers to happen many
 /// times a run, and retry budgets long enough that no fault the harness injects (all
 /// of them heal within seconds) can exhaust a compensation or phase two.
 const COORDINATOR_ENV: [(&str, &str); 6] = [
-    ("SETTLE__COORDINATOR__LEASE", "2s"),
+    ("SETTLE__COORDINATOR__LEASE", "2s"), // LEASE
     ("SETTLE__TWOPC__CALL_TIMEOUT", "2s"),
     ("SETTLE__TWOPC__MAX_ATTEMPTS", "200"),
     ("SETTLE__TWOPC__MAX_BACKOFF", "1s"),
@@ -52,6 +58,7 @@ pub struct Slot {
     pub paused: bool,
 }
 
+/// The running system under test and every handle the nemesis and checks need.
 pub struct World {
     pub coordinator_cluster: PgCluster,
     bank_cluster: PgCluster,
@@ -385,6 +392,3 @@ pub fn account(bank: usize, n: usize) -> String {
 fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
-
-/// How long to wait between polls everywhere in the harness.
-pub const POLL: Duration = Duration::from_millis(100);
