@@ -197,6 +197,12 @@ impl Bank {
     pub async fn stop(self) {
         crate::stop_all(vec![self.server]).await;
     }
+
+    /// Stops the server the way a crash would, for chaos tests: calls in flight are
+    /// cut off; prepared transactions stay prepared, in Postgres.
+    pub async fn crash(self) {
+        crate::crash_all(vec![self.server]).await;
+    }
 }
 
 /// The sum of all balances.

@@ -192,6 +192,21 @@ impl Participants {
     pub async fn stop(self) {
         stop_all(self.servers).await;
     }
+
+    /// Stops the three servers the way a crash would, for chaos tests: calls in
+    /// flight are cut off, not finished (what they committed stays committed).
+    pub async fn crash(self) {
+        crash_all(self.servers).await;
+    }
+}
+
+/// Stops servers without waiting for the calls in flight, and waits until their
+/// ports are closed.
+pub(crate) async fn crash_all(servers: Vec<http::Running>) {
+    for server in servers {
+        server.handle.stop(false).await;
+        let _ = server.task.await;
+    }
 }
 
 async fn stop_all(servers: Vec<http::Running>) {

@@ -6,6 +6,7 @@ mod admin_actions;
 mod admin_filters;
 mod api_errors;
 mod auth;
+mod chaos;
 mod cli;
 mod contract;
 mod crash_recovery;
