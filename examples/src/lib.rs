@@ -244,8 +244,13 @@ pub async fn connect(url: &str, max_connections: usize) -> anyhow::Result<Pool> 
             recycling_method: RecyclingMethod::Fast,
         },
     );
+    // A call that cannot get a connection soon answers "retry later" instead of
+    // queueing behind calls whose coordinator already gave up on them.
     let pool = Pool::builder(manager)
         .max_size(max_connections)
+        .wait_timeout(Some(std::time::Duration::from_millis(500)))
+        .create_timeout(Some(std::time::Duration::from_secs(5)))
+        .runtime(deadpool_postgres::Runtime::Tokio1)
         .build()
         .context("building the connection pool")?;
     // Fail here, with the cause, rather than on the first call.

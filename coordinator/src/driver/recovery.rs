@@ -80,7 +80,14 @@ impl Driver {
             match self.locks.renew(id, &token, self.lease_duration()).await {
                 Ok(true) => {}
                 Ok(false) => {
-                    tracing::warn!(transaction_id = %id, "redis lock lost; the Postgres fence still guards this transaction")
+                    // Said once: the token is dropped, so later renewals go by the fence alone.
+                    tracing::warn!(transaction_id = %id, "redis lock lost; the Postgres fence still guards this transaction");
+                    let mut owned = self.owned.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Some(o) = owned.get_mut(&id) {
+                        if o.lock.as_ref() == Some(&token) {
+                            o.lock = None;
+                        }
+                    }
                 }
                 Err(_) => break,
             }
