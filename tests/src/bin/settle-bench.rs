@@ -25,7 +25,7 @@ use settle_tests::db::TestDatabase;
 
 const USAGE: &str = "usage: settle-bench [--sagas N] [--clients C] [--warmup N] \
 [--participants instant|example] [--coordinator in-process|process] [--twopc] \
-[--per-step-overhead] [--rss] [--redis URL]";
+[--per-step-overhead] [--rss] [--history N] [--redis URL]";
 
 /// How long a client lets the coordinator hold a `?wait=` request.
 const WAIT: Duration = Duration::from_secs(30);
@@ -40,6 +40,8 @@ struct Args {
     twopc: bool,
     per_step_overhead: bool,
     rss: bool,
+    /// Finished sagas (two events each) put in the tables before the run.
+    history: usize,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -53,6 +55,7 @@ fn parse_args() -> Result<Args, String> {
         twopc: false,
         per_step_overhead: false,
         rss: false,
+        history: 0,
     };
     let mut clients_given = false;
     let mut it = std::env::args().skip(1);
@@ -88,6 +91,7 @@ fn parse_args() -> Result<Args, String> {
             "--twopc" => args.twopc = true,
             "--per-step-overhead" => args.per_step_overhead = true,
             "--rss" => args.rss = true,
+            "--history" => args.history = count(value()?)?,
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown argument {other}\n{USAGE}")),
         }
@@ -102,6 +106,11 @@ fn parse_args() -> Result<Args, String> {
         if args.twopc || !args.instant {
             return Err("--per-step-overhead needs sagas with --participants instant".into());
         }
+    }
+    if args.history > 0 && args.twopc {
+        return Err(
+            "--history fills the tables with finished sagas: use it without --twopc".into(),
+        );
     }
     if args.twopc && !args.instant {
         return Err("--twopc runs against instant participants only".into());
@@ -389,6 +398,41 @@ async fn participant_round_trips(url: &str, calls: usize) -> anyhow::Result<Vec<
     Ok(latencies)
 }
 
+/// Fills the tables with `n` finished order-checkout sagas spread over 30 days, two
+/// events each, as months of history would, then updates the planner's statistics.
+async fn preload_history(db: &TestDatabase, n: usize) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let client = db.client().await;
+    let n = i64::try_from(n)?;
+    client
+        .execute(
+            "INSERT INTO transactions (id, kind, definition, version, state, input, progress,
+                                       request_digest, lease_until, fence, created_at, updated_at)
+             SELECT gen_random_uuid(), 'saga', 'order-checkout', 1, 'completed',
+                    '{\"sku\":\"widget\",\"quantity\":1,\"amount\":10,\"customer\":\"history\"}',
+                    '{\"steps\":{\"a\":{\"state\":\"succeeded\",\"attempt\":1,\"output\":{}},\"b\":{\"state\":\"succeeded\",\"attempt\":1,\"output\":{}},\"c\":{\"state\":\"succeeded\",\"attempt\":1,\"output\":{}}}}',
+                    'history', now() - interval '30 days', 1, ts, ts + interval '40 milliseconds'
+               FROM generate_series(1, $1::bigint) g,
+                    LATERAL (SELECT now() - interval '30 days' + g * (interval '30 days' / $1::bigint) AS ts) t",
+            &[&n],
+        )
+        .await?;
+    client
+        .execute(
+            "INSERT INTO events (transaction_id, at, kind, actor)
+             SELECT t.id, t.created_at, e.kind, 'history'
+               FROM transactions t, (VALUES ('started'), ('completed')) e(kind)
+              WHERE t.request_digest = 'history'",
+            &[],
+        )
+        .await?;
+    client.batch_execute("VACUUM ANALYZE transactions").await?;
+    client.batch_execute("VACUUM ANALYZE events").await?;
+    // Flush the load's dirty pages now rather than in a checkpoint during the run.
+    client.batch_execute("CHECKPOINT").await?;
+    Ok(started.elapsed())
+}
+
 /// Peak resident set size (`VmHWM`) of a process, in MB.
 fn peak_rss_mb(pid: &str) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -426,6 +470,15 @@ async fn main() -> anyhow::Result<()> {
         _ => (saga_op(&client, &participants).await?, "saga", "sagas"),
     };
 
+    if args.history > 0 {
+        let took = preload_history(&db, args.history).await?;
+        eprintln!(
+            "history: {} finished sagas and {} events loaded in {:.1}s",
+            args.history,
+            2 * args.history,
+            took.as_secs_f64()
+        );
+    }
     if args.warmup > 0 {
         let warm = run_load(args.clients, args.sagas, args.warmup, success, op.clone()).await;
         if warm.other > 0 {
@@ -440,9 +493,10 @@ async fn main() -> anyhow::Result<()> {
     let load = run_load(args.clients, 0, args.sagas, success, op).await;
     let p50 = percentile(&load.latencies, 50.0);
     println!(
-        "bench kind={kind} participants={} coordinator={} {unit}={} clients={} elapsed={:.2}s throughput={:.0} {unit}/s p50={p50:.2}ms p99={:.2}ms p999={:.2}ms completed={} other={}",
+        "bench kind={kind} participants={} coordinator={} history={} {unit}={} clients={} elapsed={:.2}s throughput={:.0} {unit}/s p50={p50:.2}ms p99={:.2}ms p999={:.2}ms completed={} other={}",
         if args.instant { "instant" } else { "example" },
         if args.process { "process" } else { "in-process" },
+        args.history,
         args.sagas,
         args.clients,
         load.elapsed.as_secs_f64(),

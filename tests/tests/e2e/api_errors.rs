@@ -6,12 +6,7 @@ use crate::support::{saga_yaml, World};
 
 async fn problem(response: reqwest::Response) -> (u16, Value) {
     let status = response.status().as_u16();
-    let content_type = response
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
+    let content_type = crate::support::content_type(&response);
     assert_eq!(content_type, "application/problem+json", "status {status}");
     (status, response.json().await.unwrap())
 }

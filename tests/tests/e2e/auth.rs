@@ -95,12 +95,7 @@ async fn world_with_tokens() -> (World, Tokens) {
 
 async fn problem(response: reqwest::Response) -> (StatusCode, Value) {
     let status = response.status();
-    let content_type = response
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
+    let content_type = crate::support::content_type(&response);
     let body: Value = response.json().await.unwrap_or(Value::Null);
     if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
         assert_eq!(content_type, "application/problem+json", "{body}");

@@ -184,12 +184,7 @@ async fn every_route_answers_hostile_input_with_a_named_4xx_and_writes_nothing()
             .await
             .unwrap_or_else(|e| panic!("{what}: {e}"));
         let status = response.status().as_u16();
-        let content_type = response
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
+        let content_type = crate::support::content_type(&response);
         let text = response.text().await.unwrap();
         assert_eq!(
             content_type, "application/problem+json",

@@ -57,6 +57,16 @@ impl World {
 
 pub const WAIT: Duration = Duration::from_secs(20);
 
+/// A response's `Content-Type`, or empty when it has none.
+pub fn content_type(response: &reqwest::Response) -> String {
+    response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string()
+}
+
 /// A saga of steps on the scripted participant: `(name, depends_on, with compensation)`;
 /// paths are `/{name}` and `/{name}/undo`.
 pub fn saga_yaml(

@@ -96,12 +96,7 @@ impl Conformance<'_> {
         }
         let response = request.send().await.expect("a response");
         let status = response.status().as_u16();
-        let content_type = response
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
+        let content_type = crate::support::content_type(&response);
         let text = response.text().await.unwrap_or_default();
         let path = path_and_query.split('?').next().unwrap();
         let what = format!("{method} {path_and_query} → {status}");
