@@ -286,10 +286,9 @@ impl RawTokens {
     fn validate(self) -> Result<Vec<crate::auth::TokenEntry>, Error> {
         let raw: Vec<RawToken> = match self {
             RawTokens::List(list) => list,
-            RawTokens::Text(text) => text
-                .split(',')
-                .map(str::trim)
-                .filter(|entry| !entry.is_empty())
+            RawTokens::Text(text) => StringList::Text(text)
+                .items()
+                .iter()
                 .enumerate()
                 .map(|(i, entry)| {
                     let mut parts = entry.splitn(3, ':');

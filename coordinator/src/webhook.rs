@@ -11,6 +11,7 @@ use settle_participant::protocol::SIGNATURE_HEADER;
 use settle_participant::signature;
 use tokio_util::sync::CancellationToken;
 
+use crate::machine::retry::RetryPolicy;
 use crate::metrics::Metrics;
 use crate::settings::WebhookSettings;
 use crate::store::outbox;
@@ -100,11 +101,16 @@ impl Deliverer {
     }
 }
 
-/// Exponential backoff with full jitter on the upper half, capped at `max`.
+/// The participants' exponential ceiling (`RetryPolicy`), with the jitter on its
+/// upper half only, so a failing receiver is never asked again at once.
 fn backoff(attempts: i32, max: Duration) -> Duration {
-    let exp =
-        INITIAL_BACKOFF.saturating_mul(1u32 << attempts.clamp(1, 20).saturating_sub(1) as u32);
-    let capped = exp.min(max);
+    let policy = RetryPolicy {
+        max_attempts: u32::MAX,
+        initial_backoff_ms: INITIAL_BACKOFF.as_millis() as u64,
+        max_backoff_ms: max.as_millis() as u64,
+        multiplier: 2.0,
+    };
+    let capped = Duration::from_millis(policy.ceiling_ms(attempts.max(1) as u32));
     capped / 2 + capped.mul_f64(rand::random::<f64>() / 2.0)
 }
 

@@ -12,6 +12,8 @@ pub const IDEMPOTENCY_KEY_HEADER: &str = "Idempotency-Key";
 pub const SIGNATURE_HEADER: &str = "Settle-Signature";
 /// W3C trace context header passed on to participants.
 pub const TRACEPARENT_HEADER: &str = "traceparent";
+/// W3C header with vendor trace data, passed on beside `traceparent` when the caller sent one.
+pub const TRACESTATE_HEADER: &str = "tracestate";
 
 /// Which half of a saga step the coordinator is asking for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

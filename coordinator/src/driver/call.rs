@@ -1,15 +1,12 @@
 //! One participant call: the signed POST, its timeout, and the reading of the
 //! response by the status-code contract. No retry here; the machine decides that.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use settle_participant::protocol::{
-    StatusMeaning, IDEMPOTENCY_KEY_HEADER, SIGNATURE_HEADER, TRACEPARENT_HEADER,
+    StatusMeaning, IDEMPOTENCY_KEY_HEADER, SIGNATURE_HEADER, TRACEPARENT_HEADER, TRACESTATE_HEADER,
 };
-
-/// The W3C header that carries vendor trace data alongside `traceparent`.
-const TRACESTATE_HEADER: &str = "tracestate";
 use settle_participant::signature;
 
 use super::workflow::Outgoing;
@@ -82,10 +79,7 @@ async fn send(
         builder = builder.header(TRACESTATE_HEADER, state);
     }
     if !secrets.is_empty() {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let now = signature::now_unix();
         builder = builder.header(
             SIGNATURE_HEADER,
             signature::sign_with_all(

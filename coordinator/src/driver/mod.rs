@@ -332,10 +332,9 @@ impl Driver {
                 notified.as_mut().enable();
                 let row = store::transactions::get(&self.pool, id).await?;
                 // A stuck saga waits for an operator; a stuck 2PC transaction keeps retrying.
-                let settled = row.as_ref().is_none_or(|r| match r.state.as_str() {
-                    "completed" | "compensated" | "committed" | "aborted" | "resolved" => true,
-                    "stuck" => r.kind == "saga",
-                    _ => false,
+                let settled = row.as_ref().is_none_or(|r| {
+                    crate::machine::FINISHED_STATES.contains(&r.state.as_str())
+                        || (r.state == "stuck" && r.kind == "saga")
                 });
                 if settled || Instant::now() >= until {
                     return Ok(row);

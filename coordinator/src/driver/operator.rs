@@ -43,6 +43,12 @@ fn corrupt(e: impl std::fmt::Display) -> store::Error {
     store::Error::Corrupt(e.to_string())
 }
 
+/// A stored transaction read once, judged and then driven from the same copy.
+enum Loaded {
+    Saga(SagaRun),
+    Tx(TwoPc),
+}
+
 impl Driver {
     /// Judges `action` against the transaction's current state and applies it.
     #[tracing::instrument(skip_all, fields(transaction_id = %id, action = action.name()))]
@@ -56,13 +62,14 @@ impl Driver {
         let Some((row, paused)) = store::admin::for_action(&self.pool, id).await? else {
             return Ok(Acted::NotFound);
         };
-        let judged = if row.kind == "saga" {
-            let run = self.saga_run(&row).await?;
-            run.saga.applies(&run.spec, &action, paused)
+        let loaded = if row.kind == "saga" {
+            Loaded::Saga(self.saga_run(&row).await?)
         } else {
-            serde_json::from_value::<TwoPc>(row.progress.clone())
-                .map_err(corrupt)?
-                .applies(&action, paused)
+            Loaded::Tx(serde_json::from_value(row.progress.clone()).map_err(corrupt)?)
+        };
+        let judged = match &loaded {
+            Loaded::Saga(run) => run.saga.applies(&run.spec, &action, paused),
+            Loaded::Tx(tx) => tx.applies(&action, paused),
         };
         match judged {
             Applies::No(why) => return Ok(Acted::NotApplicable(why)),
@@ -126,24 +133,25 @@ impl Driver {
         self.stop_local(id);
         let note = note.map(str::to_owned);
         let trace = super::recovery::trace_of(&row);
-        let acted = if row.kind == "saga" {
-            let run = self.saga_run(&row).await?;
-            self.apply(id, fence, trace, run, action, note, record, lock, sent_ms)
+        let acted = match loaded {
+            Loaded::Saga(run) => {
+                self.apply(id, fence, trace, run, action, note, record, lock, sent_ms)
+                    .await?
+            }
+            Loaded::Tx(tx) => {
+                self.apply(
+                    id,
+                    fence,
+                    trace,
+                    TxRun { tx },
+                    action,
+                    note,
+                    record,
+                    lock,
+                    sent_ms,
+                )
                 .await?
-        } else {
-            let tx: TwoPc = serde_json::from_value(row.progress.clone()).map_err(corrupt)?;
-            self.apply(
-                id,
-                fence,
-                trace,
-                TxRun { tx },
-                action,
-                note,
-                record,
-                lock,
-                sent_ms,
-            )
-            .await?
+            }
         };
         tracing::info!(actor, ?acted, "operator action");
         Ok(acted)

@@ -126,10 +126,11 @@ impl Driver {
                     in_flight -= 1;
                     let key = (reply.label.clone(), reply.phase);
                     let sent = Instant::now().checked_sub(reply.answered.duration).unwrap_or_else(Instant::now);
-                    let first = *step_started.entry(key.clone()).or_insert(sent);
                     if matches!(reply.answered.outcome, Outcome::Done(_) | Outcome::Refused { .. }) {
-                        step_started.remove(&key);
+                        let first = step_started.remove(&key).unwrap_or(sent);
                         self.metrics.step(run.w.definition(), &reply.label, reply.phase, first.elapsed());
+                    } else {
+                        step_started.entry(key).or_insert(sent);
                     }
                     let record = self.attempt_record(&reply);
                     let Reply { call, answered, .. } = *reply;

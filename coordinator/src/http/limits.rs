@@ -24,7 +24,10 @@ pub async fn guard_headers<B: MessageBody>(
     else {
         return next.call(req).await.map(|r| r.map_into_left_body());
     };
-    let line = req.method().as_str().len() + req.uri().to_string().len();
+    let uri = req.uri();
+    let line = req.method().as_str().len()
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path_and_query().map_or(0, |p| p.as_str().len());
     let headers: usize = req
         .headers()
         .iter()
@@ -51,13 +54,12 @@ pub fn depth(value: &Value) -> usize {
     let mut deepest = 0;
     let mut pending: Vec<(&Value, usize)> = vec![(value, 0)];
     while let Some((v, level)) = pending.pop() {
-        let children: Box<dyn Iterator<Item = &Value>> = match v {
-            Value::Array(items) => Box::new(items.iter()),
-            Value::Object(map) => Box::new(map.values()),
+        match v {
+            Value::Array(items) => pending.extend(items.iter().map(|c| (c, level + 1))),
+            Value::Object(map) => pending.extend(map.values().map(|c| (c, level + 1))),
             _ => continue,
-        };
+        }
         deepest = deepest.max(level + 1);
-        pending.extend(children.map(|c| (c, level + 1)));
     }
     deepest
 }
@@ -76,7 +78,7 @@ pub fn check_value(field: &str, value: &Value, limits: &LimitsSettings) -> Resul
         )
         .with_field(field));
     }
-    let size = serde_json::to_vec(value).map_or(0, |bytes| bytes.len());
+    let size = json_len(value);
     if size > limits.max_input_bytes {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -89,6 +91,24 @@ pub fn check_value(field: &str, value: &Value, limits: &LimitsSettings) -> Resul
         .with_field(field));
     }
     Ok(())
+}
+
+/// The length of `value` as compact JSON, counted without building the text.
+fn json_len(value: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing to a counter cannot fail; a value that cannot be written counts as empty.
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
 }
 
 #[cfg(test)]

@@ -201,7 +201,8 @@ pub async fn fetch(
 /// or invalid, and the transaction then starts a trace of its own (never an error).
 pub fn trace_context(req: &HttpRequest) -> Option<crate::telemetry::TraceContext> {
     let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
-    crate::telemetry::TraceContext::parse(header("traceparent")?, header("tracestate"))
+    use settle_participant::protocol::{TRACEPARENT_HEADER, TRACESTATE_HEADER};
+    crate::telemetry::TraceContext::parse(header(TRACEPARENT_HEADER)?, header(TRACESTATE_HEADER))
 }
 
 /// The query of a route that takes none: any parameter is a 400 `invalid_query`.

@@ -8,6 +8,17 @@ pub mod saga;
 pub mod spec;
 pub mod twopc;
 
+/// The stored states a transaction never leaves, of either kind. `stuck` is not
+/// one of them: an operator can still act on it. (SQL that must match the partial
+/// index `transactions_due` spells its own state lists out.)
+pub const FINISHED_STATES: &[&str] = &[
+    "completed",
+    "compensated",
+    "committed",
+    "aborted",
+    "resolved",
+];
+
 /// Milliseconds since the Unix epoch. Time always comes in as an argument.
 pub type Millis = i64;
 

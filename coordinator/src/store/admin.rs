@@ -182,7 +182,7 @@ pub async fn counts(pool: &Pool) -> Result<(BTreeMap<String, i64>, Vec<String>)>
             .into_iter()
             .zip(freqs.unwrap_or_default())
         {
-            if FINISHED.contains(&state.as_str()) {
+            if crate::machine::FINISHED_STATES.contains(&state.as_str()) {
                 counts.insert(state.clone(), (freq * rows_estimate).round() as i64);
                 estimated.push(state);
             }
@@ -193,13 +193,6 @@ pub async fn counts(pool: &Pool) -> Result<(BTreeMap<String, i64>, Vec<String>)>
 
 /// Above this many rows (by the planner's estimate), finished states are estimated.
 const ESTIMATE_ABOVE_ROWS: i64 = 200_000;
-const FINISHED: &[&str] = &[
-    "completed",
-    "compensated",
-    "committed",
-    "aborted",
-    "resolved",
-];
 
 /// One transaction's summary.
 pub async fn one(pool: &Pool, id: Uuid) -> Result<Option<Listed>> {
