@@ -120,8 +120,13 @@ impl Driver {
             .build()
             .map_err(|e| anyhow::anyhow!("building the participant HTTP client: {e}"))?;
         let metrics = Arc::new(Metrics::new());
+        let writer_pool = store::writer_pool(
+            &settings.database.url,
+            settings.coordinator.write_concurrency.max(1),
+            settings.database.connect_timeout,
+        )?;
         let writer = writer::Writer::start(
-            pool.clone(),
+            writer_pool,
             settings.coordinator.write_batch_max,
             settings.coordinator.write_concurrency,
             settings.webhook.url.is_some(),

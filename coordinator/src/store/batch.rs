@@ -36,20 +36,28 @@ struct EventRow<'a> {
 
 /// Rows are locked in id order first, so that batches and lease renewals, which
 /// touch overlapping sets of rows, never deadlock.
+///
+/// Every row is reached through the primary key, whatever the table's size: the
+/// lock is taken per write in a `LATERAL` subquery (a locking subquery is never
+/// flattened into a join, so it is an index lookup per row), and the update finds
+/// its rows with `id = ANY(…)`. It runs on the writer's own connections
+/// ([`super::writer_pool`]), which never plan a sequential scan, so the plan
+/// Postgres caches stays index-backed however small the table was when it was made.
 const WRITE_BATCH: &str = "
 WITH x AS (
     SELECT * FROM jsonb_to_recordset($1::jsonb)
-        AS x(id uuid, fence bigint, state text, progress jsonb, reason text, next_ms bigint, lease_ms bigint)),
+        AS x(id uuid, fence bigint, state text, progress jsonb, reason text, next_ms bigint, lease_ms bigint)
+     ORDER BY id),
 lk AS (
-    SELECT t.id FROM transactions t JOIN x ON t.id = x.id AND t.fence = x.fence
-     ORDER BY t.id FOR UPDATE OF t),
+    SELECT x.* FROM x CROSS JOIN LATERAL (
+        SELECT t.id FROM transactions t WHERE t.id = x.id AND t.fence = x.fence FOR UPDATE) l),
 t AS (
     UPDATE transactions t
-       SET state = x.state, progress = x.progress, reason = x.reason,
-           next_attempt_at = to_timestamp(x.next_ms / 1000.0), updated_at = now(),
-           lease_until = now() + (x.lease_ms * interval '1 millisecond')
-      FROM x
-     WHERE t.id = x.id AND t.fence = x.fence AND t.id IN (SELECT id FROM lk)
+       SET state = lk.state, progress = lk.progress, reason = lk.reason,
+           next_attempt_at = to_timestamp(lk.next_ms / 1000.0), updated_at = now(),
+           lease_until = now() + (lk.lease_ms * interval '1 millisecond')
+      FROM lk
+     WHERE t.id = ANY(ARRAY(SELECT id FROM lk)) AND t.id = lk.id AND t.fence = lk.fence
  RETURNING t.id, t.cancel_requested, t.kind, t.definition, t.state, t.reason),
 e AS (
     INSERT INTO events (transaction_id, kind, step, phase, attempt, status_code, error, duration_ms, actor, detail)
@@ -80,7 +88,6 @@ pub async fn write(
     stuck_webhook: bool,
 ) -> Result<Vec<Written>> {
     let client = pool.get().await?;
-    let stmt = client.prepare_cached(WRITE_BATCH).await?;
     let states = serde_json::to_value(writes).unwrap_or(Value::Array(vec![]));
     let events: Vec<EventRow> = writes
         .iter()
@@ -92,6 +99,9 @@ pub async fn write(
         })
         .collect();
     let events = serde_json::to_value(&events).unwrap_or(Value::Array(vec![]));
+    // Unnamed and typed: one round trip, and a plan made for the table as it is
+    // now, never a generic plan cached while it was small.
+    let stmt = client.prepare_cached(WRITE_BATCH).await?;
     let rows = client
         .query(&stmt, &[&states, &events, &stuck_webhook])
         .await?;

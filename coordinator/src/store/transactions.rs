@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime};
 use deadpool_postgres::Pool;
 use serde::Serialize;
 use serde_json::Value;
+use tokio_postgres::types::Type;
 use uuid::Uuid;
 
 use super::{to_time, Result};
@@ -255,21 +256,29 @@ pub async fn renew(
         return Ok(vec![]);
     }
     let client = pool.get().await?;
-    let stmt = client
-        .prepare_cached(
-            "WITH x AS (SELECT * FROM unnest($1::uuid[], $2::int8[]) AS x(id, fence)),
-                  lk AS (SELECT t.id FROM transactions t JOIN x ON t.id = x.id AND t.fence = x.fence
-                          ORDER BY t.id FOR UPDATE OF t)
-             UPDATE transactions t
-                SET lease_until = now() + ($3::bigint * interval '1 millisecond')
-              WHERE t.id IN (SELECT id FROM lk)
-          RETURNING t.id, t.cancel_requested",
-        )
-        .await?;
+    // Planned per call and reached through the primary key row by row, like the
+    // batched state writes (store::batch): a plan cached while the table was
+    // small would scan it whole.
     let ids: Vec<Uuid> = owned.iter().map(|o| o.0).collect();
     let fences: Vec<i64> = owned.iter().map(|o| o.1).collect();
     let lease_ms = lease.as_millis() as i64;
-    let rows = client.query(&stmt, &[&ids, &fences, &lease_ms]).await?;
+    let rows = client
+        .query_typed(
+            "WITH x AS (SELECT * FROM unnest($1::uuid[], $2::int8[]) AS x(id, fence) ORDER BY id),
+                  lk AS (SELECT x.id, x.fence FROM x CROSS JOIN LATERAL (
+                             SELECT t.id FROM transactions t WHERE t.id = x.id AND t.fence = x.fence FOR UPDATE) l)
+             UPDATE transactions t
+                SET lease_until = now() + ($3::bigint * interval '1 millisecond')
+               FROM lk
+              WHERE t.id = ANY(ARRAY(SELECT id FROM lk)) AND t.id = lk.id AND t.fence = lk.fence
+          RETURNING t.id, t.cancel_requested",
+            &[
+                (&ids, Type::UUID_ARRAY),
+                (&fences, Type::INT8_ARRAY),
+                (&lease_ms, Type::INT8),
+            ],
+        )
+        .await?;
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
