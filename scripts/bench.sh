@@ -5,7 +5,8 @@
 #      at the same client count for 15 s, and at 1 client for 5 s;
 #   2. settle-bench runs N sagas against instant participants from C clients;
 #   3. settle-bench runs the same load again after loading 1,000,000 finished sagas;
-#   4. settle-bench runs 1 client with --per-step-overhead.
+#   4. settle-bench runs 1 client with --per-step-overhead;
+#   5. settle-bench runs N one-shot 2PC transactions (two branches) from C clients.
 # It ends with a markdown table; the full outputs are kept in target/bench/.
 # Usage: scripts/bench.sh [clients] [sagas]
 set -euo pipefail
@@ -58,7 +59,13 @@ echo "bench: settle-bench, 1 client, 1000 sagas" >&2
 target/release/settle-bench --participants instant --sagas 1000 --per-step-overhead \
   | tee "$out/settle-1.txt" >&2
 
+checkpoint
+echo "bench: settle-bench --twopc, $clients clients, $sagas transactions" >&2
+target/release/settle-bench --twopc --sagas "$sagas" --clients "$clients" \
+  | tee "$out/settle-twopc-$clients.txt" >&2
+
 line=$(grep '^bench ' "$out/settle-$clients.txt")
+twopc_line=$(grep '^bench ' "$out/settle-twopc-$clients.txt")
 history_line=$(grep '^bench ' "$out/settle-$clients-history.txt")
 one=$(grep '^bench ' "$out/settle-1.txt")
 added=$(grep '^added latency' "$out/settle-1.txt" | field p50)
@@ -85,4 +92,5 @@ echo "| added latency per step, 1 client | $added ms (participant round trip p50
 if [ -n "$one_lat" ]; then
   echo "| pgbench, 1 client: 4 commits in a row | $one_lat ms average ($(awk -v l="$one_lat" 'BEGIN { printf "%.2f", l / 4 }') ms per commit) |"
 fi
+echo "| Settle 2PC, one-shot, 2 branches (prepare, commit), $clients clients, $sagas transactions | $(field throughput <<<"$twopc_line") transactions/s, p50 $(field p50 <<<"$twopc_line") ms, p99 $(field p99 <<<"$twopc_line") ms |"
 echo "| peak RSS, bench process (coordinator, clients, participants), $clients clients | $rss MB |"

@@ -61,11 +61,12 @@ impl Specs {
     }
 
     /// The newest version of `name`: the one new sagas start with.
+    /// Asks Postgres only for its number when that version is compiled already.
     pub async fn latest(&self, name: &str) -> Result<Arc<SagaSpec>, Error> {
-        let stored = store::definitions::latest(&self.pool, name)
+        let version = store::definitions::latest_version(&self.pool, name)
             .await?
             .ok_or_else(|| Error::NotFound(name.to_string()))?;
-        self.compile(&stored)
+        self.get(name, version).await
     }
 
     /// A specific version: the one a running saga keeps.

@@ -319,8 +319,9 @@ impl Driver {
     }
 
     /// Waits until the transaction is settled (terminal or stuck) or `until` passes,
-    /// and returns it as stored. Wakes at once for transactions this instance
-    /// drives, and polls for those another instance drives.
+    /// and returns it as stored. While this instance drives the transaction it
+    /// reads nothing until woken (every state change and the task's end wake it);
+    /// transactions another instance drives are polled.
     pub async fn wait(
         &self,
         id: Uuid,
@@ -334,15 +335,20 @@ impl Driver {
             loop {
                 let notified = notify.notified();
                 tokio::pin!(notified);
+                // Registered before looking, so a wake-up between the look and the
+                // wait is not lost.
                 notified.as_mut().enable();
-                let row = store::transactions::get(&self.pool, id).await?;
-                // A stuck saga waits for an operator; a stuck 2PC transaction keeps retrying.
-                let settled = row.as_ref().is_none_or(|r| {
-                    crate::machine::FINISHED_STATES.contains(&r.state.as_str())
-                        || (r.state == "stuck" && r.kind == "saga")
-                });
-                if settled || Instant::now() >= until {
-                    return Ok(row);
+                let driven_here = self.owns(id);
+                if !driven_here || Instant::now() >= until {
+                    let row = store::transactions::get(&self.pool, id).await?;
+                    // A stuck saga waits for an operator; a stuck 2PC transaction keeps retrying.
+                    let settled = row.as_ref().is_none_or(|r| {
+                        crate::machine::FINISHED_STATES.contains(&r.state.as_str())
+                            || (r.state == "stuck" && r.kind == "saga")
+                    });
+                    if settled || Instant::now() >= until {
+                        return Ok(row);
+                    }
                 }
                 let poll = Instant::now() + Duration::from_millis(500);
                 tokio::select! {
@@ -357,6 +363,12 @@ impl Driver {
             waiters.remove(&id);
         }
         result
+    }
+
+    /// Whether a task of this instance is driving the transaction right now.
+    fn owns(&self, id: Uuid) -> bool {
+        let owned = self.owned.lock().unwrap_or_else(|p| p.into_inner());
+        owned.contains_key(&id)
     }
 
     fn notify_waiters(&self, id: Uuid) {

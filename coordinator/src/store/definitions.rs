@@ -71,6 +71,16 @@ pub async fn register(
     Ok((StoredDefinition::from_row(&row), true))
 }
 
+/// The number of the newest version of a definition: all a start needs when that
+/// version is already compiled (versions never change once stored).
+pub async fn latest_version(pool: &Pool, name: &str) -> Result<Option<i32>> {
+    let client = pool.get().await?;
+    let stmt = client
+        .prepare_cached("SELECT max(version) FROM saga_definitions WHERE name = $1")
+        .await?;
+    Ok(client.query_one(&stmt, &[&name]).await?.get(0))
+}
+
 /// The newest version of a definition.
 pub async fn latest(pool: &Pool, name: &str) -> Result<Option<StoredDefinition>> {
     let client = pool.get().await?;
