@@ -193,7 +193,7 @@ impl Driver {
             lease_ms: self.lease_duration().as_millis() as i64,
             events,
         };
-        if self.writer.write(write).await? == Written::OwnershipLost {
+        if self.writer.write(Arc::new(write)).await? == Written::OwnershipLost {
             self.release_lock(id, lock).await;
             return Ok(Acted::Busy);
         }

@@ -245,7 +245,7 @@ impl Driver {
             }
         };
         let now = store::wall_clock_millis();
-        let write = StateWrite {
+        let write = Arc::new(StateWrite {
             id: run.id,
             fence: run.fence,
             state: run.w.state(),
@@ -254,7 +254,7 @@ impl Driver {
             next_ms: run.w.wake_at(now),
             lease_ms: self.lease_duration().as_millis() as i64,
             events: events.to_vec(),
-        };
+        });
         let mut backoff = Duration::from_millis(50);
         loop {
             let sent_ms = self.monotonic_ms();

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde_json::value::RawValue;
 use serde_json::Value;
 use settle_participant::protocol::{
     classify_phase_two, classify_status, BranchCall, BranchPhase, CallRequest, Phase as WirePhase,
@@ -66,7 +67,8 @@ pub(super) trait Workflow: Send + Sync + 'static {
     fn reason(&self) -> Option<&str>;
     fn wake_at(&self, now: Millis) -> Option<Millis>;
     fn next_timer(&self) -> Option<Millis>;
-    fn progress(&self) -> serde_json::Result<Value>;
+    /// The state as stored in `progress`: JSON text, serialized straight from the machine.
+    fn progress(&self) -> serde_json::Result<Box<RawValue>>;
     fn outgoing(&self, id: Uuid, call: &Self::Call) -> Option<Outgoing>;
     /// `saga` or `twopc`, for metrics.
     fn kind(&self) -> &'static str;
@@ -137,8 +139,8 @@ impl Workflow for SagaRun {
     fn next_timer(&self) -> Option<Millis> {
         self.saga.next_timer()
     }
-    fn progress(&self) -> serde_json::Result<Value> {
-        serde_json::to_value(&self.saga)
+    fn progress(&self) -> serde_json::Result<Box<RawValue>> {
+        serde_json::value::to_raw_value(&self.saga)
     }
 
     fn outgoing(&self, id: Uuid, call: &saga::Call) -> Option<Outgoing> {
@@ -219,8 +221,8 @@ impl Workflow for TxRun {
     fn next_timer(&self) -> Option<Millis> {
         self.tx.next_timer()
     }
-    fn progress(&self) -> serde_json::Result<Value> {
-        serde_json::to_value(&self.tx)
+    fn progress(&self) -> serde_json::Result<Box<RawValue>> {
+        serde_json::value::to_raw_value(&self.tx)
     }
 
     fn outgoing(&self, id: Uuid, call: &twopc::Call) -> Option<Outgoing> {

@@ -13,7 +13,7 @@ use crate::store::batch::{self, StateWrite};
 use crate::store::{self, transactions::Written};
 
 struct Pending {
-    write: StateWrite,
+    write: Arc<StateWrite>,
     done: oneshot::Sender<store::Result<Written>>,
 }
 
@@ -64,7 +64,9 @@ impl Writer {
     }
 
     /// Queues a write and waits until it is durable (or refused by its fence).
-    pub async fn write(&self, write: StateWrite) -> store::Result<Written> {
+    /// Shared, so that a caller retrying after a failed batch sends it again
+    /// without copying it.
+    pub async fn write(&self, write: Arc<StateWrite>) -> store::Result<Written> {
         let (done, answer) = oneshot::channel();
         self.queue
             .send(Pending { write, done })
@@ -74,9 +76,10 @@ impl Writer {
 }
 
 async fn commit(pool: &Pool, batch: Vec<Pending>, stuck_webhook: bool) {
-    let (writes, waiting): (Vec<StateWrite>, Vec<_>) =
+    let (writes, waiting): (Vec<Arc<StateWrite>>, Vec<_>) =
         batch.into_iter().map(|p| (p.write, p.done)).unzip();
-    match batch::write(pool, &writes, stuck_webhook).await {
+    let refs: Vec<&StateWrite> = writes.iter().map(|w| &**w).collect();
+    match batch::write(pool, &refs, stuck_webhook).await {
         Ok(results) => {
             for (done, result) in waiting.into_iter().zip(results) {
                 let _ = done.send(Ok(result));
@@ -90,8 +93,8 @@ async fn commit(pool: &Pool, batch: Vec<Pending>, stuck_webhook: bool) {
         Err(e) => {
             // One bad write must not sink the others: write them one by one.
             tracing::warn!(error = %e, size = writes.len(), "batched write failed; retrying its writes one by one");
-            for (write, done) in writes.into_iter().zip(waiting) {
-                let result = batch::write(pool, std::slice::from_ref(&write), stuck_webhook).await;
+            for (write, done) in refs.into_iter().zip(waiting) {
+                let result = batch::write(pool, &[write], stuck_webhook).await;
                 let _ = done.send(result.map(|mut r| r.pop().unwrap_or(Written::OwnershipLost)));
             }
         }

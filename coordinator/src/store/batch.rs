@@ -5,7 +5,8 @@
 
 use deadpool_postgres::Pool;
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::value::RawValue;
+use tokio_postgres::types::Json;
 use uuid::Uuid;
 
 use super::transactions::{EventRecord, Written};
@@ -18,7 +19,8 @@ pub struct StateWrite {
     pub id: Uuid,
     pub fence: i64,
     pub state: &'static str,
-    pub progress: Value,
+    /// The machine's state as JSON text (`Workflow::progress`), never a `Value` tree.
+    pub progress: Box<RawValue>,
     pub reason: Option<String>,
     /// `next_attempt_at` in milliseconds since the epoch.
     pub next_ms: Option<Millis>,
@@ -27,7 +29,7 @@ pub struct StateWrite {
     pub events: Vec<EventRecord>,
 }
 
-#[derive(Serialize)]
+#[derive(Debug, Serialize)]
 struct EventRow<'a> {
     transaction_id: Uuid,
     #[serde(flatten)]
@@ -84,11 +86,10 @@ SELECT id, cancel_requested FROM t";
 /// stuck state is durable.
 pub async fn write(
     pool: &Pool,
-    writes: &[StateWrite],
+    writes: &[&StateWrite],
     stuck_webhook: bool,
 ) -> Result<Vec<Written>> {
     let client = pool.get().await?;
-    let states = serde_json::to_value(writes).unwrap_or(Value::Array(vec![]));
     let events: Vec<EventRow> = writes
         .iter()
         .flat_map(|w| {
@@ -98,12 +99,11 @@ pub async fn write(
             })
         })
         .collect();
-    let events = serde_json::to_value(&events).unwrap_or(Value::Array(vec![]));
     // Unnamed and typed: one round trip, and a plan made for the table as it is
     // now, never a generic plan cached while it was small.
     let stmt = client.prepare_cached(WRITE_BATCH).await?;
     let rows = client
-        .query(&stmt, &[&states, &events, &stuck_webhook])
+        .query(&stmt, &[&Json(writes), &Json(&events), &stuck_webhook])
         .await?;
     let landed: std::collections::HashMap<Uuid, bool> =
         rows.iter().map(|r| (r.get(0), r.get(1))).collect();

@@ -5,8 +5,9 @@ use std::time::{Duration, SystemTime};
 
 use deadpool_postgres::Pool;
 use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
-use tokio_postgres::types::Type;
+use tokio_postgres::types::{Json, Type};
 use uuid::Uuid;
 
 use super::{to_time, Result};
@@ -36,7 +37,7 @@ pub struct NewRow<'a> {
     pub version: Option<i32>,
     pub state: &'a str,
     pub input: &'a Value,
-    pub progress: &'a Value,
+    pub progress: &'a RawValue,
     pub idempotency_key: Option<&'a str>,
     pub request_digest: &'a str,
     pub deadline: Millis,
@@ -86,7 +87,7 @@ pub async fn insert(pool: &Pool, saga: &NewRow<'_>) -> Result<Inserted> {
                 &saga.version,
                 &saga.state,
                 saga.input,
-                saga.progress,
+                &Json(saga.progress),
                 &saga.idempotency_key,
                 &saga.request_digest,
                 &to_time(saga.deadline),
