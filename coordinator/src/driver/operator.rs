@@ -183,13 +183,15 @@ impl Driver {
         };
         let mut events = vec![record];
         events.extend(self.transition_records(&step.transitions));
+        let next_ms = w.wake_at(clock.now);
         let write = StateWrite {
             id,
             fence,
             state: w.state(),
             progress: w.progress().map_err(corrupt)?,
             reason: w.reason().map(str::to_owned),
-            next_ms: w.wake_at(clock.now),
+            next_ms,
+            due_now: next_ms.is_some_and(|at| at <= clock.now),
             lease_ms: self.lease_duration().as_millis() as i64,
             events,
         };

@@ -245,13 +245,15 @@ impl Driver {
             }
         };
         let now = store::wall_clock_millis();
+        let next_ms = run.w.wake_at(now);
         let write = Arc::new(StateWrite {
             id: run.id,
             fence: run.fence,
             state: run.w.state(),
             progress,
             reason: run.w.reason().map(str::to_owned),
-            next_ms: run.w.wake_at(now),
+            next_ms,
+            due_now: next_ms.is_some_and(|at| at <= now),
             lease_ms: self.lease_duration().as_millis() as i64,
             events: events.to_vec(),
         });

@@ -24,6 +24,10 @@ pub struct StateWrite {
     pub reason: Option<String>,
     /// `next_attempt_at` in milliseconds since the epoch.
     pub next_ms: Option<Millis>,
+    /// `next_ms` is now or earlier (a call is under way). A stored moment that is
+    /// earlier still is kept: recovery treats both alike (due), and an unchanged
+    /// indexed column lets Postgres update the row without touching its indexes.
+    pub due_now: bool,
     pub lease_ms: i64,
     #[serde(skip)]
     pub events: Vec<EventRecord>,
@@ -48,7 +52,7 @@ struct EventRow<'a> {
 const WRITE_BATCH: &str = "
 WITH x AS (
     SELECT * FROM jsonb_to_recordset($1::jsonb)
-        AS x(id uuid, fence bigint, state text, progress jsonb, reason text, next_ms bigint, lease_ms bigint)
+        AS x(id uuid, fence bigint, state text, progress jsonb, reason text, next_ms bigint, due_now boolean, lease_ms bigint)
      ORDER BY id),
 lk AS (
     SELECT x.* FROM x CROSS JOIN LATERAL (
@@ -56,7 +60,10 @@ lk AS (
 t AS (
     UPDATE transactions t
        SET state = lk.state, progress = lk.progress, reason = lk.reason,
-           next_attempt_at = to_timestamp(lk.next_ms / 1000.0), updated_at = now(),
+           next_attempt_at = CASE
+               WHEN lk.due_now AND t.next_attempt_at <= to_timestamp(lk.next_ms / 1000.0) THEN t.next_attempt_at
+               ELSE to_timestamp(lk.next_ms / 1000.0) END,
+           updated_at = now(),
            lease_until = now() + (lk.lease_ms * interval '1 millisecond')
       FROM lk
      WHERE t.id = ANY(ARRAY(SELECT id FROM lk)) AND t.id = lk.id AND t.fence = lk.fence

@@ -30,6 +30,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "observability",
         include_str!("../../../migrations/0005_observability.sql"),
     ),
+    (
+        6,
+        "hot_updates",
+        include_str!("../../../migrations/0006_hot_updates.sql"),
+    ),
 ];
 
 /// Arbitrary constant naming Settle's migration lock.
