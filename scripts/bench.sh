@@ -8,11 +8,11 @@
 #   4. settle-bench runs 1 client with --per-step-overhead;
 #   5. settle-bench runs N one-shot 2PC transactions (two branches) from C clients.
 # It ends with a markdown table; the full outputs are kept in target/bench/.
-# Usage: scripts/bench.sh [clients] [sagas]
+# Usage: scripts/bench.sh [clients] [sagas]   (defaults 32 and 20000: shorter runs are dominated by warm-up)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 clients="${1:-32}"
-sagas="${2:-5000}"
+sagas="${2:-20000}"
 pg=(-h 127.0.0.1 -p 5432 -U postgres)
 out="target/bench/$(date -u +%Y%m%dT%H%M%SZ)"
 mkdir -p "$out"

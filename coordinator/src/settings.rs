@@ -162,7 +162,9 @@ pub struct CoordinatorSettings {
     pub recovery_interval: Duration,
     /// Most state writes carried by one statement and commit (group commit); 1 turns batching off.
     pub write_batch_max: usize,
-    /// Batched statements under way at once.
+    /// Batched statements under way at once, each on a connection of the writer's
+    /// own pool. Two on a 2-core machine: fewer, larger batches beat more, smaller
+    /// ones (docs/PERFORMANCE.md), and one slow statement does not hold up every write.
     pub write_concurrency: usize,
     /// Saga definitions loaded at start-up (`*.yaml`, `*.yml`, `*.json`); none when unset.
     pub sagas_dir: Option<PathBuf>,
@@ -510,7 +512,7 @@ impl Default for RawCoordinator {
             recovery_interval: "1s".into(),
             sagas_dir: "sagas".into(),
             write_batch_max: 256,
-            write_concurrency: 4,
+            write_concurrency: 2,
         }
     }
 }
