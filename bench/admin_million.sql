@@ -1,5 +1,5 @@
 -- The operators' list on a million finished transactions: run on a throwaway
--- database with migrations 0001..0004 applied (psql -f), then read the plans.
+-- database with the migrations applied (psql -f), then read the plans.
 --   createdb settle_explain && for f in migrations/*.sql; do psql -d settle_explain -f $f; done
 --   psql -d settle_explain -f bench/admin_million.sql
 INSERT INTO saga_definitions (name, version, spec, digest) VALUES
@@ -69,3 +69,50 @@ SELECT id, kind, definition, version, state, reason, owner, created_at, updated_
 \echo '=== counts: in-flight states exact, finished ones from statistics ==='
 EXPLAIN (ANALYZE, BUFFERS) SELECT state, count(*) FROM transactions WHERE state IN (
     'running', 'compensating', 'stuck', 'active', 'preparing', 'committing', 'aborting') GROUP BY state;
+
+-- The hot paths beside the operators' list, as the coordinator sends them.
+\echo '=== recovery claim (coordinator/src/store/transactions.rs claim_due), generic plan ==='
+PREPARE claim(text, bigint, bigint) AS
+UPDATE transactions
+   SET owner = $1, fence = nextval('settle_fence'),
+       lease_until = now() + ($2::bigint * interval '1 millisecond')
+ WHERE id IN (
+       SELECT id FROM transactions
+        WHERE state IN ('running', 'compensating', 'active', 'preparing', 'committing', 'aborting', 'stuck')
+          AND next_attempt_at <= now()
+          AND lease_until < now()
+          AND NOT paused
+        ORDER BY next_attempt_at
+        LIMIT $3
+        FOR UPDATE SKIP LOCKED)
+RETURNING id;
+SET plan_cache_mode = force_generic_plan;
+BEGIN;
+EXPLAIN (ANALYZE, BUFFERS) EXECUTE claim('explain', 15000, 100);
+ROLLBACK;
+\echo '=== group-commit state write (coordinator/src/store/batch.rs), generic plan on the writer''s connections ==='
+SET enable_seqscan = off;
+SELECT json_agg(json_build_object('id', id, 'fence', fence, 'state', 'running', 'progress', '{}'::jsonb,
+                                  'reason', NULL, 'next_ms', NULL, 'due_now', false, 'lease_ms', 15000)) AS w
+  FROM (SELECT id, fence FROM transactions WHERE state = 'running' LIMIT 8) r \gset
+PREPARE write_batch(jsonb) AS
+WITH x AS (
+    SELECT * FROM jsonb_to_recordset($1::jsonb)
+        AS x(id uuid, fence bigint, state text, progress jsonb, reason text, next_ms bigint, due_now boolean, lease_ms bigint)
+     ORDER BY id),
+lk AS (
+    SELECT x.* FROM x CROSS JOIN LATERAL (
+        SELECT t.id FROM transactions t WHERE t.id = x.id AND t.fence = x.fence FOR UPDATE) l)
+UPDATE transactions t
+   SET state = lk.state, progress = lk.progress, reason = lk.reason,
+       next_attempt_at = CASE
+           WHEN lk.due_now AND t.next_attempt_at <= to_timestamp(lk.next_ms / 1000.0) THEN t.next_attempt_at
+           ELSE to_timestamp(lk.next_ms / 1000.0) END,
+       updated_at = now(),
+       lease_until = now() + (lk.lease_ms * interval '1 millisecond')
+  FROM lk
+ WHERE t.id = ANY(ARRAY(SELECT id FROM lk)) AND t.id = lk.id AND t.fence = lk.fence
+RETURNING t.id, t.cancel_requested;
+BEGIN;
+EXPLAIN (ANALYZE, BUFFERS) EXECUTE write_batch(:'w');
+ROLLBACK;
