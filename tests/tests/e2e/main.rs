@@ -13,6 +13,7 @@ mod crash_recovery;
 mod dashboard;
 mod definitions;
 mod hostile;
+mod hot_path;
 mod lifecycle;
 mod metrics;
 mod order_workflow;
