@@ -106,8 +106,7 @@ pub async fn write(
             })
         })
         .collect();
-    // Unnamed and typed: one round trip, and a plan made for the table as it is
-    // now, never a generic plan cached while it was small.
+    // Serialized straight from the writes: no intermediate JSON tree.
     let stmt = client.prepare_cached(WRITE_BATCH).await?;
     let rows = client
         .query(&stmt, &[&Json(writes), &Json(&events), &stuck_webhook])
