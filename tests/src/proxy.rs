@@ -447,6 +447,12 @@ async fn swallow(mut client: TcpStream, mut faults: watch::Receiver<Fault>) {
 }
 
 /// Forwards one direction through the fault in force.
+/// The next fault once the schedule changes; None when the proxy is gone.
+async fn next_fault(faults: &mut watch::Receiver<Fault>) -> Option<Fault> {
+    faults.changed().await.ok()?;
+    Some(*faults.borrow_and_update())
+}
+
 async fn pump(
     direction: Direction,
     mut from: ReadHalf<'_>,
@@ -462,10 +468,10 @@ async fn pump(
             Fault::Drop => return End::Close,
             Fault::Blackhole => {
                 // Stall without reading, so nothing is lost when the fault lifts.
-                if faults.changed().await.is_err() {
+                let Some(next) = next_fault(&mut faults).await else {
                     return End::Close;
-                }
-                fault = *faults.borrow_and_update();
+                };
+                fault = next;
                 sent = 0;
                 continue;
             }
@@ -477,11 +483,11 @@ async fn pump(
             _ => {}
         }
         let read = tokio::select! {
-            changed = faults.changed() => {
-                if changed.is_err() {
+            next = next_fault(&mut faults) => {
+                let Some(next) = next else {
                     return End::Close;
-                }
-                fault = *faults.borrow_and_update();
+                };
+                fault = next;
                 sent = 0;
                 continue;
             }
@@ -506,10 +512,10 @@ async fn pump(
                 Fault::Drop => return End::Close,
                 Fault::Blackhole => {
                     // Hold the chunk until the fault lifts, then treat it as just read.
-                    if faults.changed().await.is_err() {
+                    let Some(next) = next_fault(&mut faults).await else {
                         return End::Close;
-                    }
-                    fault = *faults.borrow_and_update();
+                    };
+                    fault = next;
                     sent = 0;
                 }
                 Fault::Latency(delay) => {

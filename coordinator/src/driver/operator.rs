@@ -5,6 +5,7 @@
 //! the actor and the note, and drives it from here if it still needs driving.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use uuid::Uuid;
 
@@ -216,7 +217,7 @@ impl Driver {
                 sent_ms,
             );
         } else {
-            store::admin::disown(&self.pool, id, fence).await?;
+            store::transactions::release(&self.pool, id, fence, Duration::ZERO).await?;
             self.release_lock(id, lock).await;
         }
         Ok(Acted::Done { state })

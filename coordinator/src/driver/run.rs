@@ -77,7 +77,7 @@ impl Driver {
             if let Some((step, events)) = pending.take() {
                 let before = run.w.state();
                 if step.durable || !events.is_empty() {
-                    match self.persist(&run, &events, &lease).await {
+                    match self.persist(&run, events, &lease).await {
                         Ok(cancel_requested) => cancel_next |= cancel_requested,
                         Err(exit) => break exit,
                     }
@@ -234,7 +234,7 @@ impl Driver {
     async fn persist<W: Workflow>(
         &self,
         run: &Run<W>,
-        events: &[EventRecord],
+        events: Vec<EventRecord>,
         lease: &Lease,
     ) -> Result<bool, Exit> {
         let progress = match run.w.progress() {
@@ -255,7 +255,7 @@ impl Driver {
             next_ms,
             due_now: next_ms.is_some_and(|at| at <= now),
             lease_ms: self.lease_duration().as_millis() as i64,
-            events: events.to_vec(),
+            events,
         });
         let mut backoff = Duration::from_millis(50);
         loop {

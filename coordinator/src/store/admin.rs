@@ -297,16 +297,3 @@ pub async fn record_event(pool: &Pool, id: Uuid, event: &EventRecord) -> Result<
         .await?;
     Ok(())
 }
-
-/// Gives an operator-written transaction back without an owner (it is finished,
-/// or nobody needs to drive it).
-pub async fn disown(pool: &Pool, id: Uuid, fence: i64) -> Result<()> {
-    let client = pool.get().await?;
-    client
-        .execute(
-            "UPDATE transactions SET owner = NULL, lease_until = now() WHERE id = $1 AND fence = $2",
-            &[&id, &fence],
-        )
-        .await?;
-    Ok(())
-}
