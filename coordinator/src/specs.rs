@@ -1,5 +1,7 @@
 //! Compiled saga definitions by name and version. Versions are immutable, so a
-//! compiled spec is cached for the life of the process.
+//! compiled spec is cached for the life of the process. The newest version of
+//! each name is remembered too: a start creates its saga only if that version is
+//! still the newest (`store::create`), and learns the new one when it is not.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -28,6 +30,8 @@ pub enum Error {
 pub struct Specs {
     pool: Pool,
     cache: RwLock<HashMap<(String, i32), Arc<SagaSpec>>>,
+    /// The newest version of each name, as last seen.
+    newest: RwLock<HashMap<String, i32>>,
 }
 
 impl Specs {
@@ -35,6 +39,7 @@ impl Specs {
         Specs {
             pool,
             cache: RwLock::new(HashMap::new()),
+            newest: RwLock::new(HashMap::new()),
         }
     }
 
@@ -60,13 +65,36 @@ impl Specs {
         Ok(spec)
     }
 
-    /// The newest version of `name`: the one new sagas start with.
-    /// Asks Postgres only for its number when that version is compiled already.
+    /// The newest version of `name` as last seen: the one new sagas start with.
+    /// Asks Postgres only the first time; a creation under a version that is no
+    /// longer the newest is refused, and the caller then asks [`Specs::newest`].
     pub async fn latest(&self, name: &str) -> Result<Arc<SagaSpec>, Error> {
+        let known = self
+            .newest
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .copied();
+        match known {
+            Some(version) => self.get(name, version).await,
+            None => self.newest(name).await,
+        }
+    }
+
+    /// The newest version of `name`, as Postgres has it now.
+    pub async fn newest(&self, name: &str) -> Result<Arc<SagaSpec>, Error> {
         let version = store::definitions::latest_version(&self.pool, name)
             .await?
             .ok_or_else(|| Error::NotFound(name.to_string()))?;
+        self.learned(name, version);
         self.get(name, version).await
+    }
+
+    /// Records that `version` of `name` exists (it was just read or registered).
+    pub fn learned(&self, name: &str, version: i32) {
+        let mut newest = self.newest.write().unwrap_or_else(|p| p.into_inner());
+        let known = newest.entry(name.to_string()).or_insert(version);
+        *known = (*known).max(version);
     }
 
     /// A specific version: the one a running saga keeps.

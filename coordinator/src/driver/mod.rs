@@ -33,7 +33,8 @@ use crate::settings::Settings;
 use crate::specs::{self, Specs};
 use crate::store::{
     self,
-    transactions::{EventRecord, Inserted},
+    create::{Inserted, NewRow},
+    transactions::EventRecord,
 };
 use crate::telemetry::TraceContext;
 use workflow::{Event, SagaRun, Step, Workflow};
@@ -76,7 +77,8 @@ pub struct Driver {
     tasks: TaskTracker,
     runtime: tokio::runtime::Handle,
     epoch: Instant,
-    writer: writer::Writer,
+    writer: writer::Writer<writer::StateWrites>,
+    creator: writer::Writer<writer::Creations>,
     /// Permits for participant calls under way (`participants.max_concurrent_calls`).
     calls: Arc<tokio::sync::Semaphore>,
     metrics: Arc<Metrics>,
@@ -126,11 +128,22 @@ impl Driver {
             settings.database.connect_timeout,
         )?;
         let writer = writer::Writer::start(
+            writer::StateWrites {
+                stuck_webhook: settings.webhook.url.is_some(),
+                metrics: metrics.clone(),
+            },
+            writer_pool.clone(),
+            settings.coordinator.write_batch_max,
+            settings.coordinator.write_concurrency,
+            &tokio::runtime::Handle::current(),
+        );
+        let creator = writer::Writer::start(
+            writer::Creations {
+                owner: settings.coordinator.instance_id.clone(),
+            },
             writer_pool,
             settings.coordinator.write_batch_max,
             settings.coordinator.write_concurrency,
-            settings.webhook.url.is_some(),
-            metrics.clone(),
             &tokio::runtime::Handle::current(),
         );
         Ok(Arc::new(Driver {
@@ -138,6 +151,7 @@ impl Driver {
                 settings.participants.max_concurrent_calls,
             )),
             writer,
+            creator,
             metrics,
             pool,
             locks,
@@ -228,7 +242,8 @@ impl Driver {
             .spawn(deliverer.run(self.shutdown.child_token()));
     }
 
-    /// Creates a saga (one commit) and drives it at once, in this process.
+    /// Creates a saga (one commit, shared with concurrent starts) and drives it
+    /// at once, in this process.
     pub async fn start_saga(
         self: &Arc<Self>,
         definition: &str,
@@ -240,68 +255,76 @@ impl Driver {
         if self.shutdown.is_cancelled() {
             return Err(StartError::ShuttingDown);
         }
-        let spec = self.specs.latest(definition).await?;
-        let id = Uuid::now_v7();
-        let clock = self.clock();
-        let mut run = SagaRun {
-            saga: Saga::new(&spec, clock.now),
-            spec: spec.clone(),
-            input: Arc::new(input),
-        };
-        let mut first = run.on(Event::Start, clock);
-        // The insert below is the durable write of this step.
-        first.durable = false;
-        let progress = run
-            .progress()
+        let mut spec = self.specs.latest(definition).await?;
+        let input = Arc::new(input);
+        let raw_input = serde_json::value::to_raw_value(&*input)
             .map_err(|e| store::Error::Corrupt(e.to_string()))?;
-        let sent_ms = self.monotonic_ms();
-        let inserted = store::transactions::insert(
-            &self.pool,
-            &store::transactions::NewRow {
-                id,
-                kind: "saga",
-                definition: Some(definition),
-                version: Some(spec.version),
-                state: run.state(),
-                input: &run.input,
-                progress: &progress,
-                idempotency_key,
-                request_digest: &request_digest(&[
-                    definition.as_bytes(),
-                    &serde_json::to_vec(&*run.input).unwrap_or_default(),
-                ]),
-                deadline: run.saga.deadline,
-                next_attempt_at: run.wake_at(clock.now),
-                owner: self.instance(),
-                lease: self.lease_duration(),
-                actor,
-                traceparent: trace.map(TraceContext::traceparent).as_deref(),
-                tracestate: trace.and_then(|t| t.tracestate.as_deref()),
-            },
-        )
-        .await?;
-        match inserted {
-            Inserted::Created { fence } => {
-                tracing::info!(transaction_id = %id, definition, version = spec.version, "saga started");
-                self.metrics.started("saga", definition);
-                let trace = trace
-                    .cloned()
-                    .unwrap_or_else(|| TraceContext::of_transaction(id));
-                self.adopt(
-                    run::Run {
-                        id,
-                        fence,
-                        w: run,
-                        trace,
-                    },
-                    (first, Vec::new()),
-                    None,
-                    sent_ms,
-                );
-                Ok(Started::New(id))
-            }
-            Inserted::Existing { id, same_request } if same_request => Ok(Started::Existing(id)),
-            Inserted::Existing { .. } => Err(StartError::KeyReused),
+        let digest = request_digest(&[definition.as_bytes(), raw_input.get().as_bytes()]);
+        loop {
+            let id = Uuid::now_v7();
+            let clock = self.clock();
+            let mut run = SagaRun {
+                saga: Saga::new(&spec, clock.now),
+                spec: spec.clone(),
+                input: input.clone(),
+            };
+            let mut first = run.on(Event::Start, clock);
+            // The creation below is the durable write of this step.
+            first.durable = false;
+            let progress = run
+                .progress()
+                .map_err(|e| store::Error::Corrupt(e.to_string()))?;
+            let sent_ms = self.monotonic_ms();
+            let created = self
+                .creator
+                .write(Arc::new(NewRow {
+                    id,
+                    kind: "saga",
+                    definition: Some(definition.to_string()),
+                    version: Some(spec.version),
+                    state: run.state(),
+                    input: raw_input.clone(),
+                    progress,
+                    idempotency_key: idempotency_key.map(str::to_owned),
+                    request_digest: digest.clone(),
+                    deadline_ms: run.saga.deadline,
+                    next_ms: run.wake_at(clock.now),
+                    lease_ms: self.lease_duration().as_millis() as i64,
+                    actor: actor.to_string(),
+                    traceparent: trace.map(TraceContext::traceparent),
+                    tracestate: trace.and_then(|t| t.tracestate.clone()),
+                }))
+                .await?;
+            return match created {
+                Inserted::Created { fence } => {
+                    tracing::info!(transaction_id = %id, definition, version = spec.version, "saga started");
+                    self.metrics.started("saga", definition);
+                    let trace = trace
+                        .cloned()
+                        .unwrap_or_else(|| TraceContext::of_transaction(id));
+                    self.adopt(
+                        run::Run {
+                            id,
+                            fence,
+                            w: run,
+                            trace,
+                        },
+                        (first, Vec::new()),
+                        None,
+                        sent_ms,
+                    );
+                    Ok(Started::New(id))
+                }
+                Inserted::Existing { id, same_request } if same_request => {
+                    Ok(Started::Existing(id))
+                }
+                Inserted::Existing { .. } => Err(StartError::KeyReused),
+                // Registered meanwhile, perhaps through another instance.
+                Inserted::StaleVersion => {
+                    spec = self.specs.newest(definition).await?;
+                    continue;
+                }
+            };
         }
     }
 

@@ -15,7 +15,8 @@ use crate::allow::AllowList;
 use crate::definition::{self, Invalid};
 use crate::machine::retry::RetryPolicy;
 use crate::machine::twopc::{BranchSpec, TwoPc, Verdict};
-use crate::store::transactions::{EventRecord, Inserted, NewRow};
+use crate::store::create::{Inserted, NewRow};
+use crate::store::transactions::EventRecord;
 use crate::store::twopc::{ClosedState, Registered};
 use crate::store::{self, twopc::Closed as StoreClosed};
 use crate::telemetry::TraceContext;
@@ -159,31 +160,28 @@ impl Driver {
             .map_err(|e| store::Error::Corrupt(e.to_string()))?;
         let id = Uuid::now_v7();
         let sent_ms = self.monotonic_ms();
-        let inserted = store::transactions::insert(
-            &self.pool,
-            &NewRow {
+        let raw_input = serde_json::value::to_raw_value(&input)
+            .map_err(|e| store::Error::Corrupt(e.to_string()))?;
+        let inserted = self
+            .creator
+            .write(Arc::new(NewRow {
                 id,
                 kind: "twopc",
                 definition: None,
                 version: None,
                 state: run.state(),
-                input: &input,
-                progress: &progress,
-                idempotency_key,
-                request_digest: &request_digest(&[
-                    b"twopc",
-                    &serde_json::to_vec(&input).unwrap_or_default(),
-                ]),
-                deadline,
-                next_attempt_at: run.wake_at(clock.now),
-                owner: self.instance(),
-                lease: self.lease_duration(),
-                actor,
-                traceparent: trace.map(TraceContext::traceparent).as_deref(),
-                tracestate: trace.and_then(|t| t.tracestate.as_deref()),
-            },
-        )
-        .await?;
+                request_digest: request_digest(&[b"twopc", raw_input.get().as_bytes()]),
+                input: raw_input,
+                progress,
+                idempotency_key: idempotency_key.map(str::to_owned),
+                deadline_ms: deadline,
+                next_ms: run.wake_at(clock.now),
+                lease_ms: self.lease_duration().as_millis() as i64,
+                actor: actor.to_string(),
+                traceparent: trace.map(TraceContext::traceparent),
+                tracestate: trace.and_then(|t| t.tracestate.clone()),
+            }))
+            .await?;
         match inserted {
             Inserted::Created { fence } => {
                 tracing::info!(transaction_id = %id, mode = ?run.tx.mode, branches = run.tx.branches.len(), "transaction started");
@@ -206,6 +204,11 @@ impl Driver {
             }
             Inserted::Existing { id, same_request } if same_request => Ok(Started::Existing(id)),
             Inserted::Existing { .. } => Err(TxStartError::KeyReused),
+            // Only a saga names a definition version that can be outdated.
+            Inserted::StaleVersion => Err(store::Error::Corrupt(
+                "a 2PC transaction was refused as created under an old definition".into(),
+            )
+            .into()),
         }
     }
 

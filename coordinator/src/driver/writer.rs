@@ -1,43 +1,94 @@
-//! The group-commit writer. Transaction tasks hand their state writes here and
-//! wait; writes leave in batches (one statement, one commit each), a few batches
-//! at a time, so that concurrent transactions share commits. Whoever waits gets
-//! its answer only once its batch is durable.
+//! Group commit. Transaction tasks hand their creations and state writes here and
+//! wait; they leave in batches (one statement, one commit each), a few batches at
+//! a time, so that concurrent transactions share commits. Whoever waits gets its
+//! answer only once its batch is durable.
 
 use std::sync::Arc;
 
 use deadpool_postgres::Pool;
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::metrics::Metrics;
 use crate::store::batch::{self, StateWrite};
+use crate::store::create::{self, Inserted, NewRow};
 use crate::store::{self, transactions::Written};
 
-struct Pending {
-    write: Arc<StateWrite>,
-    done: oneshot::Sender<store::Result<Written>>,
+/// One kind of write that can share a statement with others of its kind.
+pub(super) trait Batch: Send + Sync + 'static {
+    type Item: Send + Sync + 'static;
+    type Answer: Send + 'static;
+    /// Writes `items` in one statement; answers per item, in order.
+    fn commit<'a>(
+        &'a self,
+        pool: &'a Pool,
+        items: &'a [&'a Self::Item],
+    ) -> BoxFuture<'a, store::Result<Vec<Self::Answer>>>;
 }
 
-pub(super) struct Writer {
-    queue: mpsc::UnboundedSender<Pending>,
+/// Fenced state writes with their timeline events (`store::batch`).
+pub(super) struct StateWrites {
+    /// Queue a webhook notification with every write that makes a transaction stuck.
+    pub stuck_webhook: bool,
+    pub metrics: Arc<Metrics>,
 }
 
-impl Writer {
-    /// Starts the batching loop on `runtime`: at most `max_batch` writes per
-    /// statement and `concurrency` statements under way at once; `stuck_webhook`
-    /// queues a webhook notification with every write that makes a transaction stuck.
+impl Batch for StateWrites {
+    type Item = StateWrite;
+    type Answer = Written;
+    fn commit<'a>(
+        &'a self,
+        pool: &'a Pool,
+        items: &'a [&'a StateWrite],
+    ) -> BoxFuture<'a, store::Result<Vec<Written>>> {
+        self.metrics.write_batch(items.len());
+        batch::write(pool, items, self.stuck_webhook).boxed()
+    }
+}
+
+/// New transactions, owned by this instance (`store::create`).
+pub(super) struct Creations {
+    pub owner: String,
+}
+
+impl Batch for Creations {
+    type Item = NewRow;
+    type Answer = Inserted;
+    fn commit<'a>(
+        &'a self,
+        pool: &'a Pool,
+        items: &'a [&'a NewRow],
+    ) -> BoxFuture<'a, store::Result<Vec<Inserted>>> {
+        create::create(pool, &self.owner, items).boxed()
+    }
+}
+
+struct Pending<B: Batch> {
+    item: Arc<B::Item>,
+    done: oneshot::Sender<store::Result<B::Answer>>,
+}
+
+pub(super) struct Writer<B: Batch> {
+    queue: mpsc::UnboundedSender<Pending<B>>,
+}
+
+impl<B: Batch> Writer<B> {
+    /// Starts the batching loop on `runtime`: at most `max_batch` items per
+    /// statement and `concurrency` statements under way at once.
     pub fn start(
+        kind: B,
         pool: Pool,
         max_batch: usize,
         concurrency: usize,
-        stuck_webhook: bool,
-        metrics: Arc<Metrics>,
         runtime: &tokio::runtime::Handle,
-    ) -> Writer {
-        let (queue, mut pending) = mpsc::unbounded_channel::<Pending>();
+    ) -> Writer<B> {
+        let (queue, mut pending) = mpsc::unbounded_channel::<Pending<B>>();
         let slots = Arc::new(Semaphore::new(concurrency.max(1)));
+        let kind = Arc::new(kind);
         runtime.spawn(async move {
             loop {
-                // Take a slot first: while every slot is busy, writes pile up and
+                // Take a slot first: while every slot is busy, items pile up and
                 // the next batch is larger.
                 let Ok(slot) = slots.clone().acquire_owned().await else {
                     return;
@@ -52,10 +103,10 @@ impl Writer {
                         Err(_) => break,
                     }
                 }
-                metrics.write_batch(batch.len());
                 let pool = pool.clone();
+                let kind = kind.clone();
                 tokio::spawn(async move {
-                    commit(&pool, batch, stuck_webhook).await;
+                    commit(&*kind, &pool, batch).await;
                     drop(slot);
                 });
             }
@@ -63,39 +114,41 @@ impl Writer {
         Writer { queue }
     }
 
-    /// Queues a write and waits until it is durable (or refused by its fence).
-    /// Shared, so that a caller retrying after a failed batch sends it again
-    /// without copying it.
-    pub async fn write(&self, write: Arc<StateWrite>) -> store::Result<Written> {
+    /// Queues an item and waits until it is durable (or refused). Shared, so
+    /// that a caller retrying after a failed batch sends it again without copying it.
+    pub async fn write(&self, item: Arc<B::Item>) -> store::Result<B::Answer> {
         let (done, answer) = oneshot::channel();
         self.queue
-            .send(Pending { write, done })
+            .send(Pending { item, done })
             .map_err(|_| store::Error::Stopped)?;
         answer.await.map_err(|_| store::Error::Stopped)?
     }
 }
 
-async fn commit(pool: &Pool, batch: Vec<Pending>, stuck_webhook: bool) {
-    let (writes, waiting): (Vec<Arc<StateWrite>>, Vec<_>) =
-        batch.into_iter().map(|p| (p.write, p.done)).unzip();
-    let refs: Vec<&StateWrite> = writes.iter().map(|w| &**w).collect();
-    match batch::write(pool, &refs, stuck_webhook).await {
-        Ok(results) => {
-            for (done, result) in waiting.into_iter().zip(results) {
-                let _ = done.send(Ok(result));
+async fn commit<B: Batch>(kind: &B, pool: &Pool, batch: Vec<Pending<B>>) {
+    let (items, waiting): (Vec<Arc<B::Item>>, Vec<_>) =
+        batch.into_iter().map(|p| (p.item, p.done)).unzip();
+    let refs: Vec<&B::Item> = items.iter().map(|w| &**w).collect();
+    match kind.commit(pool, &refs).await {
+        Ok(answers) => {
+            for (done, answer) in waiting.into_iter().zip(answers) {
+                let _ = done.send(Ok(answer));
             }
         }
-        Err(e) if writes.len() == 1 => {
+        Err(e) if items.len() == 1 => {
             if let Some(done) = waiting.into_iter().next() {
                 let _ = done.send(Err(e));
             }
         }
         Err(e) => {
-            // One bad write must not sink the others: write them one by one.
-            tracing::warn!(error = %e, size = writes.len(), "batched write failed; retrying its writes one by one");
-            for (write, done) in refs.into_iter().zip(waiting) {
-                let result = batch::write(pool, &[write], stuck_webhook).await;
-                let _ = done.send(result.map(|mut r| r.pop().unwrap_or(Written::OwnershipLost)));
+            // One bad item must not sink the others: write them one by one.
+            tracing::warn!(error = %e, size = items.len(), "batched write failed; retrying its items one by one");
+            for (item, done) in refs.into_iter().zip(waiting) {
+                let answer = kind.commit(pool, &[item]).await.and_then(|mut a| {
+                    a.pop()
+                        .ok_or_else(|| store::Error::Corrupt("a batch of one had no answer".into()))
+                });
+                let _ = done.send(answer);
             }
         }
     }

@@ -78,6 +78,7 @@ pub async fn register(
     let digest = definition::digest(&doc);
     let (stored, created) =
         store::definitions::register(&state.pool, &doc.name, &spec, &digest).await?;
+    state.specs.learned(&stored.name, stored.version);
     if created {
         tracing::info!(definition = %stored.name, version = stored.version, "registered saga definition");
     }

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod batch;
+pub mod create;
 pub mod definitions;
 pub mod migrate;
 pub mod outbox;

@@ -1,17 +1,15 @@
-//! Transaction rows (sagas and 2PC alike): saga creation, fenced outcome writes
-//! with their timeline events, lease renewal, recovery claims, release and cancel requests.
+//! Transaction rows (sagas and 2PC alike) once they exist (`store::create` makes
+//! them): reads, lease renewal, recovery claims, release and cancel requests.
 
 use std::time::{Duration, SystemTime};
 
 use deadpool_postgres::Pool;
 use serde::Serialize;
-use serde_json::value::RawValue;
 use serde_json::Value;
-use tokio_postgres::types::{Json, Type};
+use tokio_postgres::types::Type;
 use uuid::Uuid;
 
-use super::{to_time, Result};
-use crate::machine::Millis;
+use super::Result;
 
 /// A timeline entry, appended in the same statement as the state it describes.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -25,96 +23,6 @@ pub struct EventRecord {
     pub duration_ms: Option<i32>,
     pub actor: String,
     pub detail: Option<Value>,
-}
-
-/// A transaction about to be created.
-#[derive(Debug)]
-pub struct NewRow<'a> {
-    pub id: Uuid,
-    /// `saga` or `twopc`.
-    pub kind: &'static str,
-    pub definition: Option<&'a str>,
-    pub version: Option<i32>,
-    pub state: &'a str,
-    pub input: &'a Value,
-    pub progress: &'a RawValue,
-    pub idempotency_key: Option<&'a str>,
-    pub request_digest: &'a str,
-    pub deadline: Millis,
-    pub next_attempt_at: Option<Millis>,
-    pub owner: &'a str,
-    pub lease: Duration,
-    pub actor: &'a str,
-    /// The caller's W3C trace context, when it sent a valid one.
-    pub traceparent: Option<&'a str>,
-    pub tracestate: Option<&'a str>,
-}
-
-#[derive(Debug, PartialEq)]
-pub enum Inserted {
-    /// The saga now exists, owned by the caller under this fence.
-    Created { fence: i64 },
-    /// The idempotency key was used before; `same_request` says whether with the same body.
-    Existing { id: Uuid, same_request: bool },
-}
-
-/// One commit: the row, owned by its creator, plus its `started` event.
-pub async fn insert(pool: &Pool, saga: &NewRow<'_>) -> Result<Inserted> {
-    let client = pool.get().await?;
-    let stmt = client
-        .prepare_cached(
-            "WITH t AS (
-                INSERT INTO transactions (id, kind, definition, version, state, input, progress,
-                    idempotency_key, request_digest, deadline, next_attempt_at, owner, lease_until, fence,
-                    traceparent, tracestate)
-                VALUES ($1, $14, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11,
-                    now() + ($12::bigint * interval '1 millisecond'), nextval('settle_fence'), $15, $16)
-                ON CONFLICT (idempotency_key) DO NOTHING
-                RETURNING id, fence),
-             e AS (
-                INSERT INTO events (transaction_id, kind, actor, detail)
-                SELECT id, 'started', $13, jsonb_strip_nulls(jsonb_build_object('kind', $14::text, 'definition', $2::text, 'version', $3::int)) FROM t)
-             SELECT fence FROM t",
-        )
-        .await?;
-    let lease_ms = saga.lease.as_millis() as i64;
-    let row = client
-        .query_opt(
-            &stmt,
-            &[
-                &saga.id,
-                &saga.definition,
-                &saga.version,
-                &saga.state,
-                saga.input,
-                &Json(saga.progress),
-                &saga.idempotency_key,
-                &saga.request_digest,
-                &to_time(saga.deadline),
-                &saga.next_attempt_at.map(to_time),
-                &saga.owner,
-                &lease_ms,
-                &saga.actor,
-                &saga.kind,
-                &saga.traceparent,
-                &saga.tracestate,
-            ],
-        )
-        .await?;
-    if let Some(row) = row {
-        return Ok(Inserted::Created { fence: row.get(0) });
-    }
-    let existing = client
-        .query_one(
-            "SELECT id, request_digest FROM transactions WHERE idempotency_key = $1",
-            &[&saga.idempotency_key],
-        )
-        .await?;
-    let digest: String = existing.get(1);
-    Ok(Inserted::Existing {
-        id: existing.get(0),
-        same_request: digest == saga.request_digest,
-    })
 }
 
 #[derive(Debug, PartialEq, Eq)]

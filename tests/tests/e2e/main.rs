@@ -12,6 +12,7 @@ mod contract;
 mod crash_recovery;
 mod dashboard;
 mod definitions;
+mod group_create;
 mod hostile;
 mod hot_path;
 mod lifecycle;

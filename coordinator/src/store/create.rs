@@ -1,0 +1,124 @@
+//! Group creation: many new transactions in one statement and one commit, each
+//! with its `started` event. A saga is created only under the newest version of
+//! its definition, so a start needs no read of its own to learn that version.
+
+use deadpool_postgres::Pool;
+use serde::Serialize;
+use serde_json::value::RawValue;
+use tokio_postgres::types::Json;
+use uuid::Uuid;
+
+use super::Result;
+use crate::machine::Millis;
+
+/// A transaction about to be created, owned so that it can wait in a batch.
+#[derive(Debug, Serialize)]
+pub struct NewRow {
+    pub id: Uuid,
+    /// `saga` or `twopc`.
+    pub kind: &'static str,
+    /// The saga definition and the version believed to be its newest (sagas only).
+    pub definition: Option<String>,
+    pub version: Option<i32>,
+    pub state: &'static str,
+    /// The request's input as JSON text: the same bytes its digest was taken of.
+    pub input: Box<RawValue>,
+    pub progress: Box<RawValue>,
+    pub idempotency_key: Option<String>,
+    pub request_digest: String,
+    pub deadline_ms: Millis,
+    pub next_ms: Option<Millis>,
+    pub lease_ms: i64,
+    pub actor: String,
+    /// The caller's W3C trace context, when it sent a valid one.
+    pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
+}
+
+/// What became of one creation.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Inserted {
+    /// The transaction now exists, owned by the caller under this fence.
+    Created { fence: i64 },
+    /// The idempotency key was used before; `same_request` says whether with the same body.
+    Existing { id: Uuid, same_request: bool },
+    /// The saga's definition has a newer version than the one given: nothing was
+    /// written; start again with the newest.
+    StaleVersion,
+}
+
+/// Rows are inserted in idempotency-key order, so that two batches racing for
+/// the same keys wait for each other instead of deadlocking. A saga row is
+/// inserted only when no newer version of its definition exists; the statement's
+/// snapshot decides, exactly as a read of `max(version)` just before would.
+const CREATE_BATCH: &str = "
+WITH x AS (
+    SELECT * FROM jsonb_to_recordset($1::jsonb)
+        AS x(id uuid, kind text, definition text, version int, state text, input jsonb, progress jsonb,
+             idempotency_key text, request_digest text, deadline_ms bigint, next_ms bigint, lease_ms bigint,
+             actor text, traceparent text, tracestate text)),
+t AS (
+    INSERT INTO transactions (id, kind, definition, version, state, input, progress, idempotency_key,
+        request_digest, deadline, next_attempt_at, owner, lease_until, fence, traceparent, tracestate)
+    SELECT x.id, x.kind, x.definition, x.version, x.state, x.input, x.progress, x.idempotency_key,
+           x.request_digest, to_timestamp(x.deadline_ms / 1000.0), to_timestamp(x.next_ms / 1000.0), $2,
+           now() + (x.lease_ms * interval '1 millisecond'), nextval('settle_fence'), x.traceparent, x.tracestate
+      FROM x
+     WHERE x.kind <> 'saga' OR NOT EXISTS (
+           SELECT 1 FROM saga_definitions d WHERE d.name = x.definition AND d.version > x.version)
+     ORDER BY x.idempotency_key NULLS LAST, x.id
+    ON CONFLICT (idempotency_key) DO NOTHING
+    RETURNING id, fence, kind, definition, version),
+e AS (
+    INSERT INTO events (transaction_id, kind, actor, detail)
+    SELECT t.id, 'started', x.actor,
+           jsonb_strip_nulls(jsonb_build_object('kind', t.kind, 'definition', t.definition, 'version', t.version))
+      FROM t JOIN x ON x.id = t.id)
+SELECT id, fence FROM t";
+
+/// Creates every transaction it can in one statement (one commit), owned by
+/// `owner`, and says per creation, in order, what became of it.
+pub async fn create(pool: &Pool, owner: &str, rows: &[&NewRow]) -> Result<Vec<Inserted>> {
+    let client = pool.get().await?;
+    let stmt = client.prepare_cached(CREATE_BATCH).await?;
+    let created: std::collections::HashMap<Uuid, i64> = client
+        .query(&stmt, &[&Json(rows), &owner])
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    // Rows that were not inserted: their key was taken (by an earlier start,
+    // perhaps in this very batch), or their definition has a newer version.
+    let keys: Vec<&str> = rows
+        .iter()
+        .filter(|r| !created.contains_key(&r.id))
+        .filter_map(|r| r.idempotency_key.as_deref())
+        .collect();
+    let mut existing = std::collections::HashMap::new();
+    if !keys.is_empty() {
+        let stmt = client
+            .prepare_cached(
+                "SELECT idempotency_key, id, request_digest FROM transactions WHERE idempotency_key = ANY($1)",
+            )
+            .await?;
+        for row in client.query(&stmt, &[&keys]).await? {
+            let key: String = row.get(0);
+            existing.insert(key, (row.get::<_, Uuid>(1), row.get::<_, String>(2)));
+        }
+    }
+    Ok(rows
+        .iter()
+        .map(|r| {
+            if let Some(&fence) = created.get(&r.id) {
+                return Inserted::Created { fence };
+            }
+            match r.idempotency_key.as_ref().and_then(|k| existing.get(k)) {
+                Some((id, digest)) => Inserted::Existing {
+                    id: *id,
+                    same_request: *digest == r.request_digest,
+                },
+                None => Inserted::StaleVersion,
+            }
+        })
+        .collect())
+}
