@@ -63,6 +63,15 @@ struct Owned {
     lock: Option<Token>,
 }
 
+/// Callers waiting for one transaction to settle.
+#[derive(Default)]
+struct Waiting {
+    notify: Notify,
+    /// The row as the write that finished the transaction stored it: terminal
+    /// states never change, so it is what a read would return.
+    finished: Mutex<Option<Box<store::transactions::TransactionRow>>>,
+}
+
 pub struct Driver {
     pool: Pool,
     locks: Arc<Locks>,
@@ -72,7 +81,7 @@ pub struct Driver {
     signing_secrets: Arc<[crate::settings::Secret]>,
     settings: Settings,
     owned: Mutex<HashMap<Uuid, Owned>>,
-    waiters: Mutex<HashMap<Uuid, Arc<Notify>>>,
+    waiters: Mutex<HashMap<Uuid, Arc<Waiting>>>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
     runtime: tokio::runtime::Handle,
@@ -343,24 +352,33 @@ impl Driver {
 
     /// Waits until the transaction is settled (terminal or stuck) or `until` passes,
     /// and returns it as stored. While this instance drives the transaction it
-    /// reads nothing until woken (every state change and the task's end wake it);
-    /// transactions another instance drives are polled.
+    /// reads nothing: every state change and the task's end wake it, and the
+    /// write that finishes the transaction hands over the stored row.
+    /// Transactions another instance drives are polled.
     pub async fn wait(
         &self,
         id: Uuid,
         until: Instant,
     ) -> Result<Option<store::transactions::TransactionRow>, store::Error> {
-        let notify = {
+        let waiting = {
             let mut waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
             waiters.entry(id).or_default().clone()
         };
         let result = async {
             loop {
-                let notified = notify.notified();
+                let notified = waiting.notify.notified();
                 tokio::pin!(notified);
                 // Registered before looking, so a wake-up between the look and the
                 // wait is not lost.
                 notified.as_mut().enable();
+                let finished = waiting
+                    .finished
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone();
+                if let Some(row) = finished {
+                    return Ok(Some(*row));
+                }
                 let driven_here = self.owns(id);
                 if !driven_here || Instant::now() >= until {
                     let row = store::transactions::get(&self.pool, id).await?;
@@ -394,10 +412,15 @@ impl Driver {
         owned.contains_key(&id)
     }
 
-    fn notify_waiters(&self, id: Uuid) {
+    /// Wakes whoever waits for `id`, handing over the stored row when the write
+    /// just made finished the transaction.
+    fn notify_waiters(&self, id: Uuid, finished: Option<Box<store::transactions::TransactionRow>>) {
         let waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = waiters.get(&id) {
-            n.notify_waiters();
+        if let Some(w) = waiters.get(&id) {
+            if finished.is_some() {
+                *w.finished.lock().unwrap_or_else(|p| p.into_inner()) = finished;
+            }
+            w.notify.notify_waiters();
         }
     }
 

@@ -194,13 +194,17 @@ impl Driver {
             next_ms,
             due_now: next_ms.is_some_and(|at| at <= clock.now),
             lease_ms: self.lease_duration().as_millis() as i64,
+            finished: crate::machine::FINISHED_STATES.contains(&w.state()),
             events,
         };
-        if self.writer.write(Arc::new(write)).await? == Written::OwnershipLost {
-            self.release_lock(id, lock).await;
-            return Ok(Acted::Busy);
-        }
-        self.notify_waiters(id);
+        let finished = match self.writer.write(Arc::new(write)).await? {
+            Written::Ok { finished, .. } => finished,
+            Written::OwnershipLost => {
+                self.release_lock(id, lock).await;
+                return Ok(Acted::Busy);
+            }
+        };
+        self.notify_waiters(id, finished);
         let state = w.state().to_string();
         if w.is_active() {
             step.durable = false;

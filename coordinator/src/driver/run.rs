@@ -14,7 +14,7 @@ use super::{Command, Driver, Lease};
 use crate::machine::twopc::Verdict;
 use crate::machine::Outcome;
 use crate::store::batch::StateWrite;
-use crate::store::transactions::{EventRecord, Written};
+use crate::store::transactions::{EventRecord, TransactionRow, Written};
 use crate::store::{self};
 use crate::telemetry::TraceContext;
 
@@ -76,9 +76,13 @@ impl Driver {
         let exit = loop {
             if let Some((step, events)) = pending.take() {
                 let before = run.w.state();
+                let mut finished = None;
                 if step.durable || !events.is_empty() {
                     match self.persist(&run, events, &lease).await {
-                        Ok(cancel_requested) => cancel_next |= cancel_requested,
+                        Ok((cancel_requested, stored)) => {
+                            cancel_next |= cancel_requested;
+                            finished = stored;
+                        }
                         Err(exit) => break exit,
                     }
                     for (transition, _) in &step.transitions {
@@ -88,7 +92,7 @@ impl Driver {
                     self.pause_for_fault_injection(&step).await;
                 }
                 if before != run.w.state() || !run.w.is_active() {
-                    self.notify_waiters(run.id);
+                    self.notify_waiters(run.id, finished);
                 }
                 if let Some(verdict) = step.close {
                     break Exit::Handover(verdict);
@@ -170,7 +174,7 @@ impl Driver {
             }
         }
         self.disown(run.id, run.fence).await;
-        self.notify_waiters(run.id);
+        self.notify_waiters(run.id, None);
     }
 
     /// Applies an event to the machine and turns its transitions into timeline entries.
@@ -230,13 +234,15 @@ impl Driver {
     }
 
     /// Writes the state (fenced). Retries while the database is away, for as long
-    /// as this instance can still believe it owns the transaction.
+    /// as this instance can still believe it owns the transaction. Says whether a
+    /// cancel was requested meanwhile, and hands back the stored row when the
+    /// write finished the transaction.
     async fn persist<W: Workflow>(
         &self,
         run: &Run<W>,
         events: Vec<EventRecord>,
         lease: &Lease,
-    ) -> Result<bool, Exit> {
+    ) -> Result<(bool, Option<Box<TransactionRow>>), Exit> {
         let progress = match run.w.progress() {
             Ok(p) => p,
             Err(e) => {
@@ -255,15 +261,19 @@ impl Driver {
             next_ms,
             due_now: next_ms.is_some_and(|at| at <= now),
             lease_ms: self.lease_duration().as_millis() as i64,
+            finished: crate::machine::FINISHED_STATES.contains(&run.w.state()),
             events,
         });
         let mut backoff = Duration::from_millis(50);
         loop {
             let sent_ms = self.monotonic_ms();
             match self.writer.write(write.clone()).await {
-                Ok(Written::Ok { cancel_requested }) => {
+                Ok(Written::Ok {
+                    cancel_requested,
+                    finished,
+                }) => {
                     self.lease_renewed(lease, sent_ms);
-                    return Ok(cancel_requested);
+                    return Ok((cancel_requested, finished));
                 }
                 Ok(Written::OwnershipLost) => return Err(Exit::Lost),
                 Err(e) => {

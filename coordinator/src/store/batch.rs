@@ -9,7 +9,7 @@ use serde_json::value::RawValue;
 use tokio_postgres::types::Json;
 use uuid::Uuid;
 
-use super::transactions::{EventRecord, Written};
+use super::transactions::{EventRecord, TransactionRow, Written};
 use super::Result;
 use crate::machine::Millis;
 
@@ -29,6 +29,10 @@ pub struct StateWrite {
     /// indexed column lets Postgres update the row without touching its indexes.
     pub due_now: bool,
     pub lease_ms: i64,
+    /// The write finishes the transaction (a terminal state, which never changes
+    /// again): the statement hands back the whole row as stored, so that whoever
+    /// waits for the end needs no read of its own.
+    pub finished: bool,
     #[serde(skip)]
     pub events: Vec<EventRecord>,
 }
@@ -52,7 +56,8 @@ struct EventRow<'a> {
 const WRITE_BATCH: &str = "
 WITH x AS (
     SELECT * FROM jsonb_to_recordset($1::jsonb)
-        AS x(id uuid, fence bigint, state text, progress jsonb, reason text, next_ms bigint, due_now boolean, lease_ms bigint)
+        AS x(id uuid, fence bigint, state text, progress jsonb, reason text, next_ms bigint, due_now boolean,
+             lease_ms bigint, finished boolean)
      ORDER BY id),
 lk AS (
     SELECT x.* FROM x CROSS JOIN LATERAL (
@@ -67,7 +72,9 @@ t AS (
            lease_until = now() + (lk.lease_ms * interval '1 millisecond')
       FROM lk
      WHERE t.id = ANY(ARRAY(SELECT id FROM lk)) AND t.id = lk.id AND t.fence = lk.fence
- RETURNING t.id, t.cancel_requested, t.kind, t.definition, t.state, t.reason),
+ RETURNING t.id, t.cancel_requested, t.kind, t.definition, t.version, t.state, t.input, t.progress, t.reason,
+           t.deadline, t.next_attempt_at, t.created_at, t.updated_at, t.fence, t.traceparent, t.tracestate,
+           lk.finished),
 e AS (
     INSERT INTO events (transaction_id, kind, step, phase, attempt, status_code, error, duration_ms, actor, detail)
     SELECT ev.transaction_id, ev.kind, ev.step, ev.phase, ev.attempt, ev.status_code, ev.error, ev.duration_ms, ev.actor, ev.detail
@@ -84,10 +91,14 @@ o AS (
      WHERE $3::boolean AND t.state = 'stuck'
        AND EXISTS (SELECT 1 FROM jsonb_array_elements($2::jsonb) ev
                     WHERE (ev->>'transaction_id')::uuid = t.id AND ev->>'kind' = 'stuck'))
-SELECT id, cancel_requested FROM t";
+SELECT id, cancel_requested, finished, kind, definition, version, state,
+       CASE WHEN finished THEN input END AS input, CASE WHEN finished THEN progress END AS progress,
+       reason, deadline, next_attempt_at, created_at, updated_at, fence, traceparent, tracestate
+  FROM t";
 
 /// Writes every state in one statement (one commit) and says, per write in order,
-/// whether it landed or its fence was stale. With `stuck_webhook`, a write that
+/// whether it landed or its fence was stale, with the stored row of each write
+/// that finished its transaction. With `stuck_webhook`, a write that
 /// records a `stuck` transition also queues its webhook notification in the
 /// outbox, in the same statement: the notification exists exactly when the
 /// stuck state is durable.
@@ -111,12 +122,22 @@ pub async fn write(
     let rows = client
         .query(&stmt, &[&Json(writes), &Json(&events), &stuck_webhook])
         .await?;
-    let landed: std::collections::HashMap<Uuid, bool> =
-        rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let mut landed: std::collections::HashMap<Uuid, (bool, Option<Box<TransactionRow>>)> = rows
+        .iter()
+        .map(|r| {
+            let finished = r
+                .get::<_, bool>("finished")
+                .then(|| Box::new(TransactionRow::from_row(r)));
+            (r.get("id"), (r.get("cancel_requested"), finished))
+        })
+        .collect();
     Ok(writes
         .iter()
-        .map(|w| match landed.get(&w.id) {
-            Some(&cancel_requested) => Written::Ok { cancel_requested },
+        .map(|w| match landed.get_mut(&w.id) {
+            Some((cancel_requested, finished)) => Written::Ok {
+                cancel_requested: *cancel_requested,
+                finished: finished.take(),
+            },
             None => Written::OwnershipLost,
         })
         .collect())

@@ -25,10 +25,14 @@ pub struct EventRecord {
     pub detail: Option<Value>,
 }
 
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Written {
-    /// Durable. Carries whether a cancel has been requested meanwhile.
-    Ok { cancel_requested: bool },
+    /// Durable. Carries whether a cancel has been requested meanwhile and, when
+    /// the write finished the transaction (`StateWrite::finished`), the row as stored.
+    Ok {
+        cancel_requested: bool,
+        finished: Option<Box<TransactionRow>>,
+    },
     /// The fence no longer matches: another instance owns the transaction; stop.
     OwnershipLost,
 }

@@ -26,5 +26,6 @@ mod tls;
 mod trace_context;
 mod twopc;
 mod twopc_crash;
+mod waiting;
 mod webhook;
 mod xa_participant;
