@@ -160,11 +160,12 @@ pub struct CoordinatorSettings {
     pub claim_batch: i64,
     /// Pause between recovery scans.
     pub recovery_interval: Duration,
-    /// Most state writes carried by one statement and commit (group commit); 1 turns batching off.
+    /// Most creations, or state writes, carried by one statement and commit (group
+    /// commit); 1 turns batching off.
     pub write_batch_max: usize,
-    /// Batched statements under way at once, each on a connection of the writer's
-    /// own pool. Two on a 2-core machine: fewer, larger batches beat more, smaller
-    /// ones (docs/PERFORMANCE.md), and one slow statement does not hold up every write.
+    /// Batched statements under way at once, for creations and for state writes
+    /// each, on connections of the writer's own pool (twice this many). One on a
+    /// 2-core machine: fewer, larger batches beat more, smaller ones (docs/PERFORMANCE.md).
     pub write_concurrency: usize,
     /// Saga definitions loaded at start-up (`*.yaml`, `*.yml`, `*.json`); none when unset.
     pub sagas_dir: Option<PathBuf>,
@@ -512,7 +513,7 @@ impl Default for RawCoordinator {
             recovery_interval: "1s".into(),
             sagas_dir: "sagas".into(),
             write_batch_max: 256,
-            write_concurrency: 2,
+            write_concurrency: 1,
         }
     }
 }

@@ -131,9 +131,12 @@ impl Driver {
             .build()
             .map_err(|e| anyhow::anyhow!("building the participant HTTP client: {e}"))?;
         let metrics = Arc::new(Metrics::new());
+        // Creations and state writes each have `write_concurrency` statements
+        // under way at most, on connections of their own: a burst of starts
+        // never waits behind the state writes of sagas already running.
         let writer_pool = store::writer_pool(
             &settings.database.url,
-            settings.coordinator.write_concurrency.max(1),
+            2 * settings.coordinator.write_concurrency.max(1),
             settings.database.connect_timeout,
         )?;
         let writer = writer::Writer::start(
