@@ -311,20 +311,7 @@ impl Driver {
                 Inserted::Created { fence } => {
                     tracing::info!(transaction_id = %id, definition, version = spec.version, "saga started");
                     self.metrics.started("saga", definition);
-                    let trace = trace
-                        .cloned()
-                        .unwrap_or_else(|| TraceContext::of_transaction(id));
-                    self.adopt(
-                        run::Run {
-                            id,
-                            fence,
-                            w: run,
-                            trace,
-                        },
-                        (first, Vec::new()),
-                        None,
-                        sent_ms,
-                    );
+                    self.drive_created(id, fence, run, first, trace, sent_ms);
                     Ok(Started::New(id))
                 }
                 Inserted::Existing { id, same_request } if same_request => {
@@ -435,6 +422,33 @@ impl Driver {
     }
 
     /// Registers a saga as owned here and spawns its task.
+    /// Drives a transaction this instance has just created, under the fence its
+    /// creation got, in the caller's trace or one of its own.
+    fn drive_created<W: Workflow>(
+        self: &Arc<Self>,
+        id: Uuid,
+        fence: i64,
+        w: W,
+        first: Step<W::Call>,
+        trace: Option<&TraceContext>,
+        sent_ms: u64,
+    ) {
+        let trace = trace
+            .cloned()
+            .unwrap_or_else(|| TraceContext::of_transaction(id));
+        self.adopt(
+            run::Run {
+                id,
+                fence,
+                w,
+                trace,
+            },
+            (first, Vec::new()),
+            None,
+            sent_ms,
+        );
+    }
+
     fn adopt<W: Workflow>(
         self: &Arc<Self>,
         run: run::Run<W>,

@@ -186,20 +186,7 @@ impl Driver {
             Inserted::Created { fence } => {
                 tracing::info!(transaction_id = %id, mode = ?run.tx.mode, branches = run.tx.branches.len(), "transaction started");
                 self.metrics.started("twopc", "");
-                let trace = trace
-                    .cloned()
-                    .unwrap_or_else(|| TraceContext::of_transaction(id));
-                self.adopt(
-                    run::Run {
-                        id,
-                        fence,
-                        w: run,
-                        trace,
-                    },
-                    (first, Vec::new()),
-                    None,
-                    sent_ms,
-                );
+                self.drive_created(id, fence, run, first, trace, sent_ms);
                 Ok(Started::New(id))
             }
             Inserted::Existing { id, same_request } if same_request => Ok(Started::Existing(id)),

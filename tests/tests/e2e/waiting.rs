@@ -8,6 +8,10 @@ use settle_tests::scripted::Answer;
 
 use crate::support::{saga_yaml, World};
 
+async fn post(http: &reqwest::Client, url: String, body: Value) -> Value {
+    json_of(http.post(url).json(&body).send().await.unwrap()).await
+}
+
 async fn json_of(response: reqwest::Response) -> Value {
     assert!(
         response.status().is_success(),
@@ -24,12 +28,10 @@ async fn waited_and_read(
     definition: &str,
 ) -> (Value, Value) {
     let base = &world.coordinator.base_url;
-    let waited = json_of(
-        http.post(format!("{base}/v1/sagas?wait=20s"))
-            .json(&json!({ "definition": definition, "input": { "order": 7, "note": "ü" } }))
-            .send()
-            .await
-            .unwrap(),
+    let waited = post(
+        http,
+        format!("{base}/v1/sagas?wait=20s"),
+        json!({ "definition": definition, "input": { "order": 7, "note": "ü" } }),
     )
     .await;
     let id = waited["id"].as_str().unwrap();
@@ -81,20 +83,18 @@ async fn a_waited_for_answer_is_what_a_read_returns_afterwards() {
     assert_eq!(waited, read, "a stuck saga");
 
     let base = &world.coordinator.base_url;
-    let waited = json_of(
-        http.post(format!("{base}/v1/transactions?wait=20s"))
-            .json(&json!({
-                "participants": [{
-                    "name": "x",
-                    "prepare_url": world.participant.url("/x/prepare"),
-                    "commit_url": world.participant.url("/x/commit"),
-                    "abort_url": world.participant.url("/x/abort"),
-                }],
-                "timeout": "10s",
-            }))
-            .send()
-            .await
-            .unwrap(),
+    let waited = post(
+        &http,
+        format!("{base}/v1/transactions?wait=20s"),
+        json!({
+            "participants": [{
+                "name": "x",
+                "prepare_url": world.participant.url("/x/prepare"),
+                "commit_url": world.participant.url("/x/commit"),
+                "abort_url": world.participant.url("/x/abort"),
+            }],
+            "timeout": "10s",
+        }),
     )
     .await;
     let id = waited["id"].as_str().unwrap();
