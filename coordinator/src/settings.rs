@@ -163,9 +163,10 @@ pub struct CoordinatorSettings {
     /// Most creations, or state writes, carried by one statement and commit (group
     /// commit); 1 turns batching off.
     pub write_batch_max: usize,
-    /// Batched statements under way at once, for creations and for state writes
-    /// each, on connections of the writer's own pool (twice this many). One on a
-    /// 2-core machine: fewer, larger batches beat more, smaller ones (docs/PERFORMANCE.md).
+    /// Batched statements sent at once on each of the writer's two connections
+    /// (one for creations, one for state writes): Postgres runs them one after the
+    /// other, the next one already waiting when the previous one commits. Two on a
+    /// 2-core machine (docs/PERFORMANCE.md).
     pub write_concurrency: usize,
     /// Saga definitions loaded at start-up (`*.yaml`, `*.yml`, `*.json`); none when unset.
     pub sagas_dir: Option<PathBuf>,
@@ -513,7 +514,7 @@ impl Default for RawCoordinator {
             recovery_interval: "1s".into(),
             sagas_dir: "sagas".into(),
             write_batch_max: 256,
-            write_concurrency: 1,
+            write_concurrency: 2,
         }
     }
 }

@@ -131,20 +131,16 @@ impl Driver {
             .build()
             .map_err(|e| anyhow::anyhow!("building the participant HTTP client: {e}"))?;
         let metrics = Arc::new(Metrics::new());
-        // Creations and state writes each have `write_concurrency` statements
-        // under way at most, on connections of their own: a burst of starts
-        // never waits behind the state writes of sagas already running.
-        let writer_pool = store::writer_pool(
-            &settings.database.url,
-            2 * settings.coordinator.write_concurrency.max(1),
-            settings.database.connect_timeout,
-        )?;
+        // Creations and state writes each have a connection of their own, so a
+        // burst of starts never waits behind the state writes of running sagas.
+        let writer_pool =
+            || store::writer_pool(&settings.database.url, 2, settings.database.connect_timeout);
         let writer = writer::Writer::start(
             writer::StateWrites {
                 stuck_webhook: settings.webhook.url.is_some(),
                 metrics: metrics.clone(),
             },
-            writer_pool.clone(),
+            writer_pool()?,
             settings.coordinator.write_batch_max,
             settings.coordinator.write_concurrency,
             &tokio::runtime::Handle::current(),
@@ -153,7 +149,7 @@ impl Driver {
             writer::Creations {
                 owner: settings.coordinator.instance_id.clone(),
             },
-            writer_pool,
+            writer_pool()?,
             settings.coordinator.write_batch_max,
             settings.coordinator.write_concurrency,
             &tokio::runtime::Handle::current(),

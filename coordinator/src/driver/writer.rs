@@ -1,11 +1,13 @@
 //! Group commit. Transaction tasks hand their creations and state writes here and
-//! wait; they leave in batches (one statement, one commit each), a few batches at
-//! a time, so that concurrent transactions share commits. Whoever waits gets its
+//! wait; they leave in batches (one statement, one commit each), so that
+//! concurrent transactions share commits. Each kind has one connection, and a few
+//! batches are sent on it at once (pipelined): Postgres runs them one after the
+//! other without waiting for the coordinator in between. Whoever waits gets its
 //! answer only once its batch is durable.
 
 use std::sync::Arc;
 
-use deadpool_postgres::Pool;
+use deadpool_postgres::{ClientWrapper, Pool};
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -22,7 +24,7 @@ pub(super) trait Batch: Send + Sync + 'static {
     /// Writes `items` in one statement; answers per item, in order.
     fn commit<'a>(
         &'a self,
-        pool: &'a Pool,
+        client: &'a ClientWrapper,
         items: &'a [&'a Self::Item],
     ) -> BoxFuture<'a, store::Result<Vec<Self::Answer>>>;
 }
@@ -39,11 +41,11 @@ impl Batch for StateWrites {
     type Answer = Written;
     fn commit<'a>(
         &'a self,
-        pool: &'a Pool,
+        client: &'a ClientWrapper,
         items: &'a [&'a StateWrite],
     ) -> BoxFuture<'a, store::Result<Vec<Written>>> {
         self.metrics.write_batch(items.len());
-        batch::write(pool, items, self.stuck_webhook).boxed()
+        batch::write(client, items, self.stuck_webhook).boxed()
     }
 }
 
@@ -57,10 +59,10 @@ impl Batch for Creations {
     type Answer = Inserted;
     fn commit<'a>(
         &'a self,
-        pool: &'a Pool,
+        client: &'a ClientWrapper,
         items: &'a [&'a NewRow],
     ) -> BoxFuture<'a, store::Result<Vec<Inserted>>> {
-        create::create(pool, &self.owner, items).boxed()
+        create::create(client, &self.owner, items).boxed()
     }
 }
 
@@ -75,18 +77,21 @@ pub(super) struct Writer<B: Batch> {
 
 impl<B: Batch> Writer<B> {
     /// Starts the batching loop on `runtime`: at most `max_batch` items per
-    /// statement and `concurrency` statements under way at once.
+    /// statement and `pipeline` statements under way at once, all on one
+    /// connection from `pool` (which needs room for a second one, to replace a
+    /// connection that broke while statements on it were still finishing).
     pub fn start(
         kind: B,
         pool: Pool,
         max_batch: usize,
-        concurrency: usize,
+        pipeline: usize,
         runtime: &tokio::runtime::Handle,
     ) -> Writer<B> {
         let (queue, mut pending) = mpsc::unbounded_channel::<Pending<B>>();
-        let slots = Arc::new(Semaphore::new(concurrency.max(1)));
+        let slots = Arc::new(Semaphore::new(pipeline.max(1)));
         let kind = Arc::new(kind);
         runtime.spawn(async move {
+            let mut connection: Option<Arc<deadpool_postgres::Client>> = None;
             loop {
                 // Take a slot first: while every slot is busy, items pile up and
                 // the next batch is larger.
@@ -96,6 +101,19 @@ impl<B: Batch> Writer<B> {
                 let Some(first) = pending.recv().await else {
                     return;
                 };
+                let client = match connection.as_ref().filter(|c| !c.is_closed()) {
+                    Some(client) => client.clone(),
+                    None => {
+                        connection = None;
+                        match pool.get().await {
+                            Ok(client) => connection.insert(Arc::new(client)).clone(),
+                            Err(e) => {
+                                let _ = first.done.send(Err(e.into()));
+                                continue;
+                            }
+                        }
+                    }
+                };
                 let mut batch = vec![first];
                 while batch.len() < max_batch.max(1) {
                     match pending.try_recv() {
@@ -103,10 +121,9 @@ impl<B: Batch> Writer<B> {
                         Err(_) => break,
                     }
                 }
-                let pool = pool.clone();
                 let kind = kind.clone();
                 tokio::spawn(async move {
-                    commit(&*kind, &pool, batch).await;
+                    commit(&*kind, &client, batch).await;
                     drop(slot);
                 });
             }
@@ -125,11 +142,11 @@ impl<B: Batch> Writer<B> {
     }
 }
 
-async fn commit<B: Batch>(kind: &B, pool: &Pool, batch: Vec<Pending<B>>) {
+async fn commit<B: Batch>(kind: &B, client: &ClientWrapper, batch: Vec<Pending<B>>) {
     let (items, waiting): (Vec<Arc<B::Item>>, Vec<_>) =
         batch.into_iter().map(|p| (p.item, p.done)).unzip();
     let refs: Vec<&B::Item> = items.iter().map(|w| &**w).collect();
-    match kind.commit(pool, &refs).await {
+    match kind.commit(client, &refs).await {
         Ok(answers) => {
             for (done, answer) in waiting.into_iter().zip(answers) {
                 let _ = done.send(Ok(answer));
@@ -144,7 +161,7 @@ async fn commit<B: Batch>(kind: &B, pool: &Pool, batch: Vec<Pending<B>>) {
             // One bad item must not sink the others: write them one by one.
             tracing::warn!(error = %e, size = items.len(), "batched write failed; retrying its items one by one");
             for (item, done) in refs.into_iter().zip(waiting) {
-                let answer = kind.commit(pool, &[item]).await.and_then(|mut a| {
+                let answer = kind.commit(client, &[item]).await.and_then(|mut a| {
                     a.pop()
                         .ok_or_else(|| store::Error::Corrupt("a batch of one had no answer".into()))
                 });

@@ -179,7 +179,7 @@ impl From<store::Error> for ApiError {
                     "the coordinator's database is unavailable; retry shortly",
                 )
             }
-            store::Error::Query(ref q) if q.is_closed() || q.as_db_error().is_none() => {
+            store::Error::Query(_) if e.is_connection_lost() => {
                 tracing::warn!(error = %error_chain(&e), "database connection failed");
                 ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,

@@ -3,7 +3,7 @@
 //! acts on it; a write whose fence no longer matches comes back as ownership lost.
 //! A write that makes a transaction stuck also queues its webhook notification.
 
-use deadpool_postgres::Pool;
+use deadpool_postgres::ClientWrapper;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio_postgres::types::Json;
@@ -103,11 +103,10 @@ SELECT id, cancel_requested, finished, kind, definition, version, state,
 /// outbox, in the same statement: the notification exists exactly when the
 /// stuck state is durable.
 pub async fn write(
-    pool: &Pool,
+    client: &ClientWrapper,
     writes: &[&StateWrite],
     stuck_webhook: bool,
 ) -> Result<Vec<Written>> {
-    let client = pool.get().await?;
     let events: Vec<EventRow> = writes
         .iter()
         .flat_map(|w| {

@@ -2,7 +2,7 @@
 //! with its `started` event. A saga is created only under the newest version of
 //! its definition, so a start needs no read of its own to learn that version.
 
-use deadpool_postgres::Pool;
+use deadpool_postgres::ClientWrapper;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio_postgres::types::Json;
@@ -78,8 +78,11 @@ SELECT id, fence FROM t";
 
 /// Creates every transaction it can in one statement (one commit), owned by
 /// `owner`, and says per creation, in order, what became of it.
-pub async fn create(pool: &Pool, owner: &str, rows: &[&NewRow]) -> Result<Vec<Inserted>> {
-    let client = pool.get().await?;
+pub async fn create(
+    client: &ClientWrapper,
+    owner: &str,
+    rows: &[&NewRow],
+) -> Result<Vec<Inserted>> {
     let stmt = client.prepare_cached(CREATE_BATCH).await?;
     let created: std::collections::HashMap<Uuid, i64> = client
         .query(&stmt, &[&Json(rows), &owner])

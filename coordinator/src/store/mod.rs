@@ -38,6 +38,27 @@ pub enum Error {
     Corrupt(String),
 }
 
+impl Error {
+    /// The connection went away (the server closed it, shut down, restarted or is
+    /// not yet accepting connections), rather than a statement being refused: a
+    /// retry on a new connection may well succeed.
+    pub fn is_connection_lost(&self) -> bool {
+        match self {
+            Error::Unavailable(_) => true,
+            Error::Query(q) => {
+                q.is_closed()
+                    || q.as_db_error().is_none_or(|db| {
+                        let code = db.code().code();
+                        // 08: connection exception; 57P01-57P03: the server is
+                        // shutting down, crashed, or cannot accept connections yet.
+                        code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03")
+                    })
+            }
+            Error::Stopped | Error::Corrupt(_) => false,
+        }
+    }
+}
+
 impl From<deadpool_postgres::PoolError> for Error {
     fn from(e: deadpool_postgres::PoolError) -> Self {
         Error::Unavailable(e)

@@ -67,7 +67,10 @@ async fn one_batch_answers_each_creation_on_its_own() {
         &stale,
         &twopc,
     ];
-    let answers = create::create(&pool, "group-owner", &batch).await.unwrap();
+    let client = pool.get().await.unwrap();
+    let answers = create::create(&client, "group-owner", &batch)
+        .await
+        .unwrap();
 
     assert!(matches!(answers[0], Inserted::Created { .. }));
     assert!(matches!(answers[1], Inserted::Created { .. }));

@@ -28,4 +28,5 @@ mod twopc;
 mod twopc_crash;
 mod waiting;
 mod webhook;
+mod writer_connection;
 mod xa_participant;
