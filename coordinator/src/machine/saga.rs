@@ -146,27 +146,42 @@ pub struct Decision {
     pub transitions: Vec<Transition>,
 }
 
+/// One step's durable state. Zero counters, `false` and absent values are left
+/// out of the stored JSON (and read back as such): a saga's progress is written
+/// at every step, and most of these fields are at their default most of the time.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepState {
     pub name: String,
     pub status: StepStatus,
     /// Action calls made.
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub attempts: u32,
     /// Transient action failures, counted against the action's retry policy.
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub failures: u32,
     /// Consecutive "in progress" answers, for the polling backoff.
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub polls: u32,
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub compensation_attempts: u32,
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub compensation_failures: u32,
     /// Set when the step failed by exhausting its retries: the action may have
     /// applied, so it is compensated; a refused step is not.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub may_have_applied: bool,
     /// Order in which steps were first called and completed, for compensation order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_seq: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completed_seq: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_attempt_at: Option<Millis>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_status: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
     /// A call of this step is under way in this process. Never persisted: a
     /// loaded saga has nothing in flight.
@@ -174,11 +189,16 @@ pub struct StepState {
     pub in_flight: bool,
 }
 
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
 /// The whole durable state of one saga (persisted as `transactions.progress`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Saga {
     pub status: SagaStatus,
     pub deadline: Millis,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     pub steps: Vec<StepState>,
     /// Counter behind `started_seq` / `completed_seq`.

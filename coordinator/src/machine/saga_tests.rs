@@ -452,6 +452,47 @@ fn state_round_trips_through_storage_without_calls_in_flight() {
     assert_eq!(loaded.steps[1].status, StepStatus::Running);
 }
 
+#[test]
+fn stored_state_leaves_defaults_out_and_reads_the_full_form_too() {
+    let spec = checkout();
+    let (_, saga) = run(&spec, &[(Event::Start, 0), (done(0), 1)]);
+    let stored = serde_json::to_value(&saga).unwrap();
+    let pending = &stored["steps"][2];
+    assert_eq!(
+        pending,
+        &serde_json::json!({ "name": pending["name"], "status": "pending" }),
+        "a step not yet called stores its name and status only"
+    );
+    assert!(stored.get("reason").is_none());
+    assert_eq!(stored["steps"][0]["attempts"], 1);
+
+    // Progress written before defaults were left out (every field present).
+    let mut full = stored.clone();
+    for step in full["steps"].as_array_mut().unwrap() {
+        let step = step.as_object_mut().unwrap();
+        for (field, default) in [
+            ("attempts", serde_json::json!(0)),
+            ("failures", serde_json::json!(0)),
+            ("polls", serde_json::json!(0)),
+            ("compensation_attempts", serde_json::json!(0)),
+            ("compensation_failures", serde_json::json!(0)),
+            ("may_have_applied", serde_json::json!(false)),
+            ("started_seq", serde_json::Value::Null),
+            ("completed_seq", serde_json::Value::Null),
+            ("next_attempt_at", serde_json::Value::Null),
+            ("output", serde_json::Value::Null),
+            ("last_status", serde_json::Value::Null),
+            ("last_error", serde_json::Value::Null),
+        ] {
+            step.entry(field).or_insert(default);
+        }
+    }
+    full["reason"] = serde_json::Value::Null;
+    let from_full: Saga = serde_json::from_value(full).unwrap();
+    let from_compact: Saga = serde_json::from_value(stored).unwrap();
+    assert_eq!(from_full, from_compact);
+}
+
 // ---- properties -------------------------------------------------------------
 
 /// A random DAG: each step depends on a random subset of earlier steps.

@@ -21,8 +21,10 @@ pub struct StateWrite {
     pub state: &'static str,
     /// The machine's state as JSON text (`Workflow::progress`), never a `Value` tree.
     pub progress: Box<RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// `next_attempt_at` in milliseconds since the epoch.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub next_ms: Option<Millis>,
     /// `next_ms` is now or earlier (a call is under way). A stored moment that is
     /// earlier still is kept: recovery treats both alike (due), and an unchanged

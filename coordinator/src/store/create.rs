@@ -18,20 +18,26 @@ pub struct NewRow {
     /// `saga` or `twopc`.
     pub kind: &'static str,
     /// The saga definition and the version believed to be its newest (sagas only).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub definition: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub version: Option<i32>,
     pub state: &'static str,
     /// The request's input as JSON text: the same bytes its digest was taken of.
     pub input: Box<RawValue>,
     pub progress: Box<RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
     pub request_digest: String,
     pub deadline_ms: Millis,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub next_ms: Option<Millis>,
     pub lease_ms: i64,
     pub actor: String,
     /// The caller's W3C trace context, when it sent a valid one.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tracestate: Option<String>,
 }
 

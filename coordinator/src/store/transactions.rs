@@ -12,16 +12,24 @@ use uuid::Uuid;
 use super::Result;
 
 /// A timeline entry, appended in the same statement as the state it describes.
+/// Absent values are left out of the statement's JSON (a missing key reads as NULL).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct EventRecord {
     pub kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub step: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub phase: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub attempt: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub status_code: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<i32>,
     pub actor: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<Value>,
 }
 
