@@ -417,7 +417,6 @@ impl Driver {
         }
     }
 
-    /// Registers a saga as owned here and spawns its task.
     /// Drives a transaction this instance has just created, under the fence its
     /// creation got, in the caller's trace or one of its own.
     fn drive_created<W: Workflow>(
@@ -445,6 +444,7 @@ impl Driver {
         );
     }
 
+    /// Registers a transaction as owned here and spawns its task.
     fn adopt<W: Workflow>(
         self: &Arc<Self>,
         run: run::Run<W>,

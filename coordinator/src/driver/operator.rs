@@ -194,7 +194,6 @@ impl Driver {
             next_ms,
             due_now: next_ms.is_some_and(|at| at <= clock.now),
             lease_ms: self.lease_duration().as_millis() as i64,
-            finished: crate::machine::FINISHED_STATES.contains(&w.state()),
             events,
         };
         let finished = match self.writer.write(Arc::new(write)).await? {

@@ -261,7 +261,6 @@ impl Driver {
             next_ms,
             due_now: next_ms.is_some_and(|at| at <= now),
             lease_ms: self.lease_duration().as_millis() as i64,
-            finished: crate::machine::FINISHED_STATES.contains(&run.w.state()),
             events,
         });
         let mut backoff = Duration::from_millis(50);

@@ -31,12 +31,18 @@ pub struct StateWrite {
     /// indexed column lets Postgres update the row without touching its indexes.
     pub due_now: bool,
     pub lease_ms: i64,
-    /// The write finishes the transaction (a terminal state, which never changes
-    /// again): the statement hands back the whole row as stored, so that whoever
-    /// waits for the end needs no read of its own.
-    pub finished: bool,
     #[serde(skip)]
     pub events: Vec<EventRecord>,
+}
+
+/// A write as the statement reads it. `finished`: the write puts the transaction
+/// in a terminal state, which never changes again, so the statement hands back
+/// the whole row as stored and whoever waits for the end needs no read of its own.
+#[derive(Debug, Serialize)]
+struct WriteRow<'a> {
+    #[serde(flatten)]
+    write: &'a StateWrite,
+    finished: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -118,10 +124,17 @@ pub async fn write(
             })
         })
         .collect();
+    let states: Vec<WriteRow> = writes
+        .iter()
+        .map(|&write| WriteRow {
+            write,
+            finished: crate::machine::FINISHED_STATES.contains(&write.state),
+        })
+        .collect();
     // Serialized straight from the writes: no intermediate JSON tree.
     let stmt = client.prepare_cached(WRITE_BATCH).await?;
     let rows = client
-        .query(&stmt, &[&Json(writes), &Json(&events), &stuck_webhook])
+        .query(&stmt, &[&Json(&states), &Json(&events), &stuck_webhook])
         .await?;
     let mut landed: std::collections::HashMap<Uuid, (bool, Option<Box<TransactionRow>>)> = rows
         .iter()
