@@ -36,7 +36,7 @@ pub struct EventRecord {
 #[derive(Debug)]
 pub enum Written {
     /// Durable. Carries whether a cancel has been requested meanwhile and, when
-    /// the write finished the transaction (`StateWrite::finished`), the row as stored.
+    /// the write put the transaction in a terminal state, the row as stored.
     Ok {
         cancel_requested: bool,
         finished: Option<Box<TransactionRow>>,
