@@ -46,7 +46,7 @@ impl Application {
         let pool = store::pool(
             &settings.database.url,
             settings.database.pool_size,
-            settings.database.connect_timeout,
+            store::Timeouts::of(&settings.database),
         )?;
         store::migrate::run(&pool).await?;
         if let Some(dir) = &settings.coordinator.sagas_dir {

@@ -139,6 +139,11 @@ pub struct DatabaseSettings {
     pub url: String,
     pub pool_size: usize,
     pub connect_timeout: Duration,
+    /// How long a statement of the group-commit writer, or of a background loop,
+    /// may go unanswered before its connection is given up as dead (a peer that
+    /// hangs, or a network that drops packets without a reset). Also Postgres's
+    /// own `statement_timeout` on the writer's sessions.
+    pub statement_timeout: Duration,
     pub create_if_missing: bool,
 }
 
@@ -402,6 +407,7 @@ struct RawDatabase {
     url: String,
     pool_size: usize,
     connect_timeout: String,
+    statement_timeout: String,
     create_if_missing: bool,
 }
 
@@ -490,6 +496,7 @@ impl Default for RawDatabase {
             url: "postgres://postgres@127.0.0.1:5432/settle".into(),
             pool_size: 16,
             connect_timeout: "5s".into(),
+            statement_timeout: "10s".into(),
             create_if_missing: true,
         }
     }
@@ -720,6 +727,10 @@ impl Raw {
                 connect_timeout: duration(
                     "database.connect_timeout",
                     &self.database.connect_timeout,
+                )?,
+                statement_timeout: duration(
+                    "database.statement_timeout",
+                    &self.database.statement_timeout,
                 )?,
                 create_if_missing: self.database.create_if_missing,
             },

@@ -1,7 +1,8 @@
 //! A fault-injecting TCP proxy for chaos tests. It sits on 127.0.0.1 between a
 //! coordinator and a participant, Postgres or Redis, and adds latency, drops
 //! connections, resets them mid-response or blackholes them: set by hand, or on a
-//! schedule drawn from a seed so that a failing run can be replayed.
+//! schedule drawn from a seed so that a failing run can be replayed. It can also
+//! stall the connections open at one moment for good, while new ones pass.
 
 use std::fmt;
 use std::io;
@@ -192,6 +193,9 @@ impl Schedule {
 struct Shared {
     upstream: SocketAddr,
     faults: watch::Sender<Fault>,
+    /// Bumped by [`Proxy::stall_open_connections`]: a connection accepted before
+    /// the latest bump stalls.
+    stalls: watch::Sender<u64>,
     connections: AtomicU64,
     faults_injected: AtomicU64,
 }
@@ -234,6 +238,7 @@ impl Proxy {
         let shared = Arc::new(Shared {
             upstream,
             faults: watch::channel(Fault::None).0,
+            stalls: watch::channel(0).0,
             connections: AtomicU64::new(0),
             faults_injected: AtomicU64::new(0),
         });
@@ -268,6 +273,15 @@ impl Proxy {
     /// Follows the fault in force, e.g. to log every change.
     pub fn watch_fault(&self) -> watch::Receiver<Fault> {
         self.shared.faults.subscribe()
+    }
+
+    /// Stalls every connection open now, for good: nothing more is forwarded in
+    /// either direction and neither side is closed or reset, as when a peer hangs
+    /// or the network between them drops every packet. Each side's kernel still
+    /// accepts what is sent to it. Connections accepted later pass through as
+    /// usual (under the fault in force). Ends with the proxy.
+    pub fn stall_open_connections(&self) {
+        self.shared.stalls.send_modify(|stalls| *stalls += 1);
     }
 
     /// How many client connections the proxy has accepted.
@@ -346,7 +360,8 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             accepted = listener.accept() => match accepted {
                 Ok((client, _)) => {
                     shared.connections.fetch_add(1, Ordering::Relaxed);
-                    connections.spawn(serve(client, shared.upstream, shared.faults.subscribe()));
+                    let stalls = shared.stalls.subscribe();
+                    connections.spawn(serve(client, shared.upstream, shared.faults.subscribe(), stalls));
                 }
                 Err(error) => {
                     // Out of file descriptors, say: back off rather than spin.
@@ -378,7 +393,13 @@ enum Direction {
     Down,
 }
 
-async fn serve(mut client: TcpStream, upstream: SocketAddr, mut faults: watch::Receiver<Fault>) {
+async fn serve(
+    mut client: TcpStream,
+    upstream: SocketAddr,
+    mut faults: watch::Receiver<Fault>,
+    mut stalls: watch::Receiver<u64>,
+) {
+    let born = *stalls.borrow_and_update();
     let _ = client.set_nodelay(true);
     let fault = *faults.borrow_and_update();
     match fault {
@@ -393,11 +414,16 @@ async fn serve(mut client: TcpStream, upstream: SocketAddr, mut faults: watch::R
     let end = {
         let (client_read, client_write) = client.split();
         let (server_read, server_write) = server.split();
-        both(
-            pump(Direction::Up, client_read, server_write, faults.clone()),
-            pump(Direction::Down, server_read, client_write, faults),
-        )
-        .await
+        tokio::select! {
+            end = both(
+                pump(Direction::Up, client_read, server_write, faults.clone()),
+                pump(Direction::Down, server_read, client_write, faults),
+            ) => end,
+            () = stalled(&mut stalls, born) => {
+                // Both sockets stay open, and nothing moves, until the proxy stops.
+                return std::future::pending().await;
+            }
+        }
     };
     if end == End::Reset {
         // SO_LINGER 0 makes the close below send RST instead of FIN.
@@ -422,6 +448,19 @@ async fn both(
             End::Eof if !(up_done && down_done) => continue,
             End::Eof => return End::Close,
             other => return other,
+        }
+    }
+}
+
+/// Resolves once a stall is called for after the connection was accepted.
+async fn stalled(stalls: &mut watch::Receiver<u64>, born: u64) {
+    loop {
+        if *stalls.borrow_and_update() > born {
+            return;
+        }
+        if stalls.changed().await.is_err() {
+            // The proxy is gone; the connection ends with its task.
+            return std::future::pending().await;
         }
     }
 }

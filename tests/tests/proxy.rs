@@ -193,6 +193,31 @@ async fn blackhole_stalls_existing_connections_until_it_lifts() {
 }
 
 #[tokio::test]
+async fn a_stall_holds_the_open_connections_for_good_and_lets_new_ones_through() {
+    let proxy = proxy_to(echo_server().await).await;
+    let mut old = TcpStream::connect(proxy.addr()).await.unwrap();
+    assert_eq!(round_trip(&mut old, b"hello").await, b"hello");
+    proxy.stall_open_connections();
+    old.write_all(b"stuck").await.unwrap();
+
+    let mut new = TcpStream::connect(proxy.addr()).await.unwrap();
+    assert_eq!(round_trip(&mut new, b"fresh").await, b"fresh");
+    // No fault to lift: the stalled connection neither answers nor closes.
+    proxy.set_fault(Fault::None);
+    let mut answer = [0u8; 5];
+    let read = timeout(Duration::from_millis(500), old.read(&mut answer)).await;
+    assert!(read.is_err(), "the read timed out, got {read:?}");
+    assert_eq!(round_trip(&mut new, b"again").await, b"again");
+
+    proxy.stop().await;
+    let (received, _) = read_to_end(&mut old).await;
+    assert!(
+        received.is_empty(),
+        "nothing stalled arrives, even at the end"
+    );
+}
+
+#[tokio::test]
 async fn stop_closes_the_port_and_every_connection() {
     let proxy = proxy_to(echo_server().await).await;
     let mut client = TcpStream::connect(proxy.addr()).await.unwrap();

@@ -158,7 +158,11 @@ async fn migrate(settings: Settings) -> anyhow::Result<()> {
     if settings.database.create_if_missing {
         store::create_database_if_missing(&settings.database.url).await?;
     }
-    let pool = store::pool(&settings.database.url, 1, settings.database.connect_timeout)?;
+    let pool = store::pool(
+        &settings.database.url,
+        1,
+        store::Timeouts::of(&settings.database),
+    )?;
     let applied = store::migrate::run(&pool).await?;
     tracing::info!(applied, "migrations up to date");
     Ok(())

@@ -133,8 +133,13 @@ impl Driver {
         let metrics = Arc::new(Metrics::new());
         // Creations and state writes each have a connection of their own, so a
         // burst of starts never waits behind the state writes of running sagas.
-        let writer_pool =
-            || store::writer_pool(&settings.database.url, 2, settings.database.connect_timeout);
+        let writer_pool = || {
+            store::writer_pool(
+                &settings.database.url,
+                2,
+                store::Timeouts::of(&settings.database),
+            )
+        };
         let writer = writer::Writer::start(
             writer::StateWrites {
                 stuck_webhook: settings.webhook.url.is_some(),
@@ -143,6 +148,7 @@ impl Driver {
             writer_pool()?,
             settings.coordinator.write_batch_max,
             settings.coordinator.write_concurrency,
+            settings.database.statement_timeout,
             &tokio::runtime::Handle::current(),
         );
         let creator = writer::Writer::start(
@@ -152,6 +158,7 @@ impl Driver {
             writer_pool()?,
             settings.coordinator.write_batch_max,
             settings.coordinator.write_concurrency,
+            settings.database.statement_timeout,
             &tokio::runtime::Handle::current(),
         );
         Ok(Arc::new(Driver {
@@ -180,6 +187,14 @@ impl Driver {
             runtime: tokio::runtime::Handle::current(),
             epoch: Instant::now(),
         }))
+    }
+
+    /// A statement of a loop that must go on, bounded by `database.statement_timeout`.
+    async fn within<T>(
+        &self,
+        statement: impl std::future::Future<Output = store::Result<T>>,
+    ) -> store::Result<T> {
+        store::within(self.settings.database.statement_timeout, statement).await
     }
 
     pub fn instance(&self) -> &str {

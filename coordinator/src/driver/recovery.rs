@@ -45,14 +45,20 @@ impl Driver {
             return;
         }
         let sent_ms = self.monotonic_ms();
-        let kept =
-            match store::transactions::renew(&self.pool, &snapshot, self.lease_duration()).await {
-                Ok(kept) => kept.into_iter().collect::<HashMap<_, _>>(),
-                Err(e) => {
-                    tracing::warn!(error = %e, count = snapshot.len(), "lease renewal failed");
-                    return;
-                }
-            };
+        let kept = match self
+            .within(store::transactions::renew(
+                &self.pool,
+                &snapshot,
+                self.lease_duration(),
+            ))
+            .await
+        {
+            Ok(kept) => kept.into_iter().collect::<HashMap<_, _>>(),
+            Err(e) => {
+                tracing::warn!(error = %e, count = snapshot.len(), "lease renewal failed");
+                return;
+            }
+        };
         let mut locks = Vec::new();
         {
             let owned = self.owned.lock().unwrap_or_else(|p| p.into_inner());
@@ -97,13 +103,14 @@ impl Driver {
     pub(super) async fn recovery_loop(self: Arc<Self>) {
         let every = self.settings.coordinator.recovery_interval;
         loop {
-            let claimed = match store::transactions::claim_due(
-                &self.pool,
-                self.instance(),
-                self.lease_duration(),
-                self.settings.coordinator.claim_batch,
-            )
-            .await
+            let claimed = match self
+                .within(store::transactions::claim_due(
+                    &self.pool,
+                    self.instance(),
+                    self.lease_duration(),
+                    self.settings.coordinator.claim_batch,
+                ))
+                .await
             {
                 Ok(rows) => rows,
                 Err(e) => {

@@ -295,7 +295,14 @@ impl Driver {
             return true;
         }
         let sent_ms = self.monotonic_ms();
-        match store::transactions::renew(&self.pool, &[(id, fence)], self.lease_duration()).await {
+        match self
+            .within(store::transactions::renew(
+                &self.pool,
+                &[(id, fence)],
+                self.lease_duration(),
+            ))
+            .await
+        {
             Ok(kept) if !kept.is_empty() => {
                 self.lease_renewed(lease, sent_ms);
                 true

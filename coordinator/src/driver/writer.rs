@@ -3,9 +3,12 @@
 //! concurrent transactions share commits. Each kind has one connection, and a few
 //! batches are sent on it at once (pipelined): Postgres runs them one after the
 //! other without waiting for the coordinator in between. Whoever waits gets its
-//! answer only once its batch is durable.
+//! answer only once its batch is durable. A connection that leaves a batch
+//! unanswered past the statement timeout is given up for a new one.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use deadpool_postgres::{ClientWrapper, Pool};
 use futures_util::future::BoxFuture;
@@ -75,23 +78,89 @@ pub(super) struct Writer<B: Batch> {
     queue: mpsc::UnboundedSender<Pending<B>>,
 }
 
+/// The one connection a writer sends its batches on.
+struct Connection {
+    client: Option<deadpool_postgres::Client>,
+    /// A batch on it went unanswered past the statement timeout: nothing more
+    /// is sent on it, and it never goes back into the pool.
+    given_up: AtomicBool,
+}
+
+impl Connection {
+    fn new(client: deadpool_postgres::Client) -> Connection {
+        Connection {
+            client: Some(client),
+            given_up: AtomicBool::new(false),
+        }
+    }
+
+    fn usable(&self) -> bool {
+        !self.given_up.load(Ordering::Relaxed)
+            && self.client.as_ref().is_some_and(|c| !c.is_closed())
+    }
+
+    fn client(&self) -> &ClientWrapper {
+        self.client
+            .as_ref()
+            .expect("a connection keeps its client until dropped")
+    }
+
+    /// `statement`'s answer, or `Unanswered` once `timeout` has passed without
+    /// one; the connection is then given up, whatever became of the statement,
+    /// and whatever is still to be sent on it fails the same way at once.
+    async fn answer<T>(
+        &self,
+        timeout: Duration,
+        statement: impl std::future::Future<Output = store::Result<T>>,
+    ) -> store::Result<T> {
+        if self.given_up.load(Ordering::Relaxed) {
+            return Err(store::Error::Unanswered(timeout));
+        }
+        let answer = store::within(timeout, statement).await;
+        if matches!(answer, Err(store::Error::Unanswered(_)))
+            && !self.given_up.swap(true, Ordering::Relaxed)
+        {
+            tracing::warn!(
+                ?timeout,
+                "the database left a batch unanswered; giving up its connection"
+            );
+        }
+        answer
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        if *self.given_up.get_mut() {
+            if let Some(client) = self.client.take() {
+                // Out of the pool for good; the socket closes once its task ends
+                // (at the latest when TCP gives up on it).
+                drop(deadpool_postgres::Client::take(client));
+            }
+        }
+    }
+}
+
 impl<B: Batch> Writer<B> {
     /// Starts the batching loop on `runtime`: at most `max_batch` items per
     /// statement and `pipeline` statements under way at once, all on one
     /// connection from `pool` (which needs room for a second one, to replace a
-    /// connection that broke while statements on it were still finishing).
+    /// connection that broke while statements on it were still finishing). A
+    /// batch left unanswered for `timeout` fails as `Unanswered`, and the next
+    /// one goes out on a new connection.
     pub fn start(
         kind: B,
         pool: Pool,
         max_batch: usize,
         pipeline: usize,
+        timeout: Duration,
         runtime: &tokio::runtime::Handle,
     ) -> Writer<B> {
         let (queue, mut pending) = mpsc::unbounded_channel::<Pending<B>>();
         let slots = Arc::new(Semaphore::new(pipeline.max(1)));
         let kind = Arc::new(kind);
         runtime.spawn(async move {
-            let mut connection: Option<Arc<deadpool_postgres::Client>> = None;
+            let mut connection: Option<Arc<Connection>> = None;
             loop {
                 // Take a slot first: while every slot is busy, items pile up and
                 // the next batch is larger.
@@ -101,12 +170,14 @@ impl<B: Batch> Writer<B> {
                 let Some(first) = pending.recv().await else {
                     return;
                 };
-                let client = match connection.as_ref().filter(|c| !c.is_closed()) {
-                    Some(client) => client.clone(),
+                let current = match connection.as_ref().filter(|c| c.usable()) {
+                    Some(current) => current.clone(),
                     None => {
                         connection = None;
                         match pool.get().await {
-                            Ok(client) => connection.insert(Arc::new(client)).clone(),
+                            Ok(client) => {
+                                connection.insert(Arc::new(Connection::new(client))).clone()
+                            }
                             Err(e) => {
                                 let _ = first.done.send(Err(e.into()));
                                 continue;
@@ -123,7 +194,7 @@ impl<B: Batch> Writer<B> {
                 }
                 let kind = kind.clone();
                 tokio::spawn(async move {
-                    commit(&*kind, &client, batch).await;
+                    commit(&*kind, &current, timeout, batch).await;
                     drop(slot);
                 });
             }
@@ -142,14 +213,26 @@ impl<B: Batch> Writer<B> {
     }
 }
 
-async fn commit<B: Batch>(kind: &B, client: &ClientWrapper, batch: Vec<Pending<B>>) {
+async fn commit<B: Batch>(
+    kind: &B,
+    connection: &Connection,
+    timeout: Duration,
+    batch: Vec<Pending<B>>,
+) {
     let (items, waiting): (Vec<Arc<B::Item>>, Vec<_>) =
         batch.into_iter().map(|p| (p.item, p.done)).unzip();
     let refs: Vec<&B::Item> = items.iter().map(|w| &**w).collect();
-    match kind.commit(client, &refs).await {
+    let client = connection.client();
+    match connection.answer(timeout, kind.commit(client, &refs)).await {
         Ok(answers) => {
             for (done, answer) in waiting.into_iter().zip(answers) {
                 let _ = done.send(Ok(answer));
+            }
+        }
+        Err(store::Error::Unanswered(after)) => {
+            // The connection is given up: each caller retries on the next one.
+            for done in waiting {
+                let _ = done.send(Err(store::Error::Unanswered(after)));
             }
         }
         Err(e) if items.len() == 1 => {
@@ -161,10 +244,14 @@ async fn commit<B: Batch>(kind: &B, client: &ClientWrapper, batch: Vec<Pending<B
             // One bad item must not sink the others: write them one by one.
             tracing::warn!(error = %e, size = items.len(), "batched write failed; retrying its items one by one");
             for (item, done) in refs.into_iter().zip(waiting) {
-                let answer = kind.commit(client, &[item]).await.and_then(|mut a| {
-                    a.pop()
-                        .ok_or_else(|| store::Error::Corrupt("a batch of one had no answer".into()))
-                });
+                let answer = connection
+                    .answer(timeout, kind.commit(client, &[item]))
+                    .await
+                    .and_then(|mut a| {
+                        a.pop().ok_or_else(|| {
+                            store::Error::Corrupt("a batch of one had no answer".into())
+                        })
+                    });
                 let _ = done.send(answer);
             }
         }

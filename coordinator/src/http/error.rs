@@ -179,6 +179,14 @@ impl From<store::Error> for ApiError {
                     "the coordinator's database is unavailable; retry shortly",
                 )
             }
+            store::Error::Unanswered(after) => {
+                tracing::warn!(?after, "database did not answer; connection given up");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "database_unavailable",
+                    "the coordinator's database did not answer in time; retry shortly (with the same Idempotency-Key, a start is not repeated)",
+                )
+            }
             store::Error::Query(_) if e.is_connection_lost() => {
                 tracing::warn!(error = %error_chain(&e), "database connection failed");
                 ApiError::new(

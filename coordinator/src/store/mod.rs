@@ -30,6 +30,12 @@ pub enum Error {
     /// A statement failed; a retry may help if the connection dropped.
     #[error("database statement failed")]
     Query(#[from] tokio_postgres::Error),
+    /// Postgres did not answer within `database.statement_timeout`, and the
+    /// connection was given up as dead. Whether the statement took effect is
+    /// unknown: retry it on a new connection (every write is fenced or keyed, so
+    /// a retry never applies twice what must happen once).
+    #[error("the database did not answer within {0:?}")]
+    Unanswered(Duration),
     /// The writer that batches state writes has stopped (the process is shutting down).
     #[error("the state writer has stopped")]
     Stopped,
@@ -44,7 +50,7 @@ impl Error {
     /// retry on a new connection may well succeed.
     pub fn is_connection_lost(&self) -> bool {
         match self {
-            Error::Unavailable(_) => true,
+            Error::Unavailable(_) | Error::Unanswered(_) => true,
             Error::Query(q) => {
                 q.is_closed()
                     || q.as_db_error().is_none_or(|db| {
@@ -65,12 +71,46 @@ impl From<deadpool_postgres::PoolError> for Error {
     }
 }
 
+/// `statement`'s answer, or `Unanswered` once `timeout` has passed without one,
+/// for the loops that must go on when a connection hangs. The pooled connection
+/// it ran on is checked before it is handed out again ([`pool`]).
+pub async fn within<T>(
+    timeout: Duration,
+    statement: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    tokio::time::timeout(timeout, statement)
+        .await
+        .unwrap_or(Err(Error::Unanswered(timeout)))
+}
+
+/// How long to wait for Postgres: to connect (and to check out a pooled
+/// connection), and to answer a statement before its connection counts as dead.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub statement: Duration,
+}
+
+impl Timeouts {
+    pub fn of(database: &crate::settings::DatabaseSettings) -> Timeouts {
+        Timeouts {
+            connect: database.connect_timeout,
+            statement: database.statement_timeout,
+        }
+    }
+}
+
 /// Builds the connection pool. Connections are made lazily, so a database that is
 /// down at start-up shows up as `Unavailable` errors, not a crash.
-pub fn pool(url: &str, size: usize, connect_timeout: Duration) -> anyhow::Result<Pool> {
+///
+/// A pooled connection is checked with an empty query each time it is handed
+/// out, within the connect timeout: one that stopped answering (a hung peer, a
+/// network that drops packets without a reset) is thrown away there instead of
+/// hanging the next statement sent on it.
+pub fn pool(url: &str, size: usize, timeouts: Timeouts) -> anyhow::Result<Pool> {
     let config = tokio_postgres::Config::from_str(url)
         .map_err(|e| anyhow::anyhow!("database.url is not a valid PostgreSQL URL: {e}"))?;
-    build_pool(config, size, connect_timeout)
+    build_pool(config, size, timeouts, RecyclingMethod::Verified)
 }
 
 /// The pool of the group-commit writer (`store::batch`), whose statements reach
@@ -80,33 +120,42 @@ pub fn pool(url: &str, size: usize, connect_timeout: Duration) -> anyhow::Result
 /// runs) would otherwise go on scanning the whole table for every batch until
 /// the next ANALYZE, which on a busy new database was a minute of throughput
 /// falling by two thirds.
-pub fn writer_pool(url: &str, size: usize, connect_timeout: Duration) -> anyhow::Result<Pool> {
+///
+/// Postgres ends a statement of these sessions that runs past the statement
+/// timeout, the same bound after which the writer gives the connection up
+/// (`driver::writer`), so a statement the writer stopped waiting for does not
+/// hold its row locks on for long. The writer holds its connection for good and
+/// checks it by the answers it gets, so it is never checked at checkout.
+pub fn writer_pool(url: &str, size: usize, timeouts: Timeouts) -> anyhow::Result<Pool> {
     let mut config = tokio_postgres::Config::from_str(url)
         .map_err(|e| anyhow::anyhow!("database.url is not a valid PostgreSQL URL: {e}"))?;
+    let ours = format!(
+        "-c enable_seqscan=off -c statement_timeout={}",
+        timeouts.statement.as_millis()
+    );
     let options = match config.get_options() {
-        Some(given) if !given.trim().is_empty() => format!("{given} -c enable_seqscan=off"),
-        _ => "-c enable_seqscan=off".to_string(),
+        Some(given) if !given.trim().is_empty() => format!("{given} {ours}"),
+        _ => ours,
     };
     config.options(&options);
-    build_pool(config, size, connect_timeout)
+    build_pool(config, size, timeouts, RecyclingMethod::Fast)
 }
 
 fn build_pool(
     mut config: tokio_postgres::Config,
     size: usize,
-    connect_timeout: Duration,
+    timeouts: Timeouts,
+    recycling_method: RecyclingMethod,
 ) -> anyhow::Result<Pool> {
+    let connect_timeout = timeouts.connect;
     config.connect_timeout(connect_timeout);
+    // Data sent and not acknowledged for this long (the server's host or the
+    // network gone without a reset) closes the connection, wherever it is used.
+    config.tcp_user_timeout(timeouts.statement);
     if config.get_application_name().is_none() {
         config.application_name("settle");
     }
-    let manager = Manager::from_config(
-        config,
-        NoTls,
-        ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        },
-    );
+    let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method });
     Ok(Pool::builder(manager)
         .max_size(size)
         .runtime(Runtime::Tokio1)
