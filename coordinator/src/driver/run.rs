@@ -295,12 +295,15 @@ impl Driver {
             return true;
         }
         let sent_ms = self.monotonic_ms();
+        // Boxed: this rare path would otherwise widen every transaction task's
+        // future by the size of the renewal and its timeout (tens of MB at
+        // 10,000 in flight).
         match self
-            .within(store::transactions::renew(
+            .within(Box::pin(store::transactions::renew(
                 &self.pool,
                 &[(id, fence)],
                 self.lease_duration(),
-            ))
+            )))
             .await
         {
             Ok(kept) if !kept.is_empty() => {
