@@ -116,3 +116,39 @@ RETURNING t.id, t.cancel_requested;
 BEGIN;
 EXPLAIN (ANALYZE, BUFFERS) EXECUTE write_batch(:'w');
 ROLLBACK;
+\echo '=== group creation (coordinator/src/store/create.rs), generic plan on the writer''s connections: 8 starts, one of them under an old version ==='
+SELECT json_agg(json_build_object('id', gen_random_uuid(), 'kind', 'saga', 'definition', 'order-checkout',
+                                  'version', CASE WHEN g = 8 THEN 0 ELSE 1 END, 'state', 'running',
+                                  'input', '{}'::jsonb, 'progress', '{}'::jsonb, 'idempotency_key', 'explain-' || g,
+                                  'request_digest', 'x', 'deadline_ms', 4102444800000, 'next_ms', NULL,
+                                  'lease_ms', 15000, 'actor', 'explain')) AS c
+  FROM generate_series(1, 8) g \gset
+PREPARE create_batch(jsonb, text) AS
+WITH x AS (
+    SELECT * FROM jsonb_to_recordset($1::jsonb)
+        AS x(id uuid, kind text, definition text, version int, state text, input jsonb, progress jsonb,
+             idempotency_key text, request_digest text, deadline_ms bigint, next_ms bigint, lease_ms bigint,
+             actor text, traceparent text, tracestate text)),
+t AS (
+    INSERT INTO transactions (id, kind, definition, version, state, input, progress, idempotency_key,
+        request_digest, deadline, next_attempt_at, owner, lease_until, fence, traceparent, tracestate)
+    SELECT x.id, x.kind, x.definition, x.version, x.state, x.input, x.progress, x.idempotency_key,
+           x.request_digest, to_timestamp(x.deadline_ms / 1000.0), to_timestamp(x.next_ms / 1000.0), $2,
+           now() + (x.lease_ms * interval '1 millisecond'), nextval('settle_fence'), x.traceparent, x.tracestate
+      FROM x
+     WHERE x.kind <> 'saga' OR NOT EXISTS (
+           SELECT 1 FROM saga_definitions d WHERE d.name = x.definition AND d.version > x.version)
+     ORDER BY x.idempotency_key NULLS LAST, x.id
+    ON CONFLICT (idempotency_key) DO NOTHING
+    RETURNING id, fence, kind, definition, version),
+e AS (
+    INSERT INTO events (transaction_id, kind, actor, detail)
+    SELECT t.id, 'started', x.actor,
+           jsonb_strip_nulls(jsonb_build_object('kind', t.kind, 'definition', t.definition, 'version', t.version))
+      FROM t JOIN x ON x.id = t.id)
+SELECT id, fence FROM t;
+BEGIN;
+EXPLAIN (ANALYZE, BUFFERS) EXECUTE create_batch(:'c', 'explain');
+ROLLBACK;
+\echo '=== the follow-up for starts not created: their idempotency keys ==='
+EXPLAIN (ANALYZE) SELECT idempotency_key, id, request_digest FROM transactions WHERE idempotency_key = ANY('{explain-8}');
