@@ -863,6 +863,9 @@ mod tests {
         let s = load_toml("[coordinator]\nlease = \"3s\"\nclaim_batch = 7\n").unwrap();
         assert_eq!(s.coordinator.lease, Duration::from_secs(3));
         assert_eq!(s.coordinator.claim_batch, 7);
+        assert_eq!(s.database.statement_timeout, Duration::from_secs(10));
+        let s = load_toml("[database]\nstatement_timeout = \"2500ms\"\n").unwrap();
+        assert_eq!(s.database.statement_timeout, Duration::from_millis(2500));
     }
 
     #[test]
@@ -875,6 +878,10 @@ mod tests {
                 "coordinator.claim_batch",
             ),
             ("[database]\npool_size = \"many\"\n", "pool_size"),
+            (
+                "[database]\nstatement_timeout = \"0s\"\n",
+                "database.statement_timeout",
+            ),
             ("[server]\nlistne = \"x\"\n", "listne"),
             ("[redis]\nurl = \"http://x\"\n", "redis.url"),
             ("[webhook]\nurl = \"ftp://x\"\n", "webhook.url"),
