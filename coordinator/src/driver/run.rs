@@ -156,8 +156,11 @@ impl Driver {
             Exit::Lost => tracing::warn!(
                 "ownership lost: another instance owns this transaction now; stopping without further calls"
             ),
+            // The awaits here and below are boxed: inline, each would widen the
+            // future of every transaction task for its whole life, though it runs
+            // once at its end (RSS with 10,000 in flight: 114 -> 99-103 MB).
             Exit::Released => {
-                match store::transactions::release(&self.pool, run.id, run.fence, Duration::ZERO).await {
+                match Box::pin(store::transactions::release(&self.pool, run.id, run.fence, Duration::ZERO)).await {
                     Ok(_) => tracing::info!("released at shutdown"),
                     Err(e) => tracing::warn!(error = %e, "release at shutdown failed; the lease will expire"),
                 }
@@ -173,7 +176,7 @@ impl Driver {
                 });
             }
         }
-        self.disown(run.id, run.fence).await;
+        Box::pin(self.disown(run.id, run.fence)).await;
         self.notify_waiters(run.id, None);
     }
 
