@@ -131,3 +131,17 @@ pub async fn create(
         })
         .collect())
 }
+
+#[cfg(test)]
+mod tests {
+    /// `docs/PERFORMANCE.md` shows the plan of this statement as the benchmark
+    /// file runs it: the file must hold the statement exactly as sent.
+    #[test]
+    fn the_benchmark_explains_the_statement_as_sent() {
+        let bench = include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../bench/admin_million.sql"
+        ));
+        assert!(bench.contains(super::CREATE_BATCH.trim()));
+    }
+}
