@@ -36,6 +36,7 @@ const FAMILIES: &[(&str, &str, &str, &[f64])] = &[
     ("settle_lock_acquire_failures_total", "counter", "Redis lock acquisitions that failed: held by another instance, or Redis unreachable.", &[]),
     ("settle_db_pool_connections", "gauge", "PostgreSQL pool: max, size (open), available (idle) and waiting (callers queued).", &[]),
     ("settle_write_batch_size", "histogram", "State writes carried by one group commit.", BATCH_BUCKETS),
+    ("settle_db_connections_given_up_total", "counter", "Group-commit connections given up after a batch went unanswered past database.statement_timeout, by writer (creations, state_writes).", &[]),
     ("settle_retention_purged_total", "counter", "Finished transactions purged past retention (with their timelines).", &[]),
     ("settle_webhook_deliveries_total", "counter", "Webhook delivery attempts by result.", &[]),
     ("settle_webhook_outbox_pending", "gauge", "Webhook notifications not yet delivered (cached for a few seconds).", &[]),
@@ -177,6 +178,15 @@ impl Metrics {
 
     pub fn write_batch(&self, size: usize) {
         self.observe("settle_write_batch_size", Vec::new(), size as f64);
+    }
+
+    /// A writer's connection left a batch unanswered and was given up.
+    pub fn connection_given_up(&self, writer: &str) {
+        self.add(
+            "settle_db_connections_given_up_total",
+            labels(&[("writer", writer)]),
+            1,
+        );
     }
 
     pub fn purged(&self, transactions: u64) {

@@ -149,6 +149,7 @@ impl Driver {
             settings.coordinator.write_batch_max,
             settings.coordinator.write_concurrency,
             settings.database.statement_timeout,
+            metrics.clone(),
             &tokio::runtime::Handle::current(),
         );
         let creator = writer::Writer::start(
@@ -159,6 +160,7 @@ impl Driver {
             settings.coordinator.write_batch_max,
             settings.coordinator.write_concurrency,
             settings.database.statement_timeout,
+            metrics.clone(),
             &tokio::runtime::Handle::current(),
         );
         Ok(Arc::new(Driver {

@@ -22,6 +22,8 @@ use crate::store::{self, transactions::Written};
 
 /// One kind of write that can share a statement with others of its kind.
 pub(super) trait Batch: Send + Sync + 'static {
+    /// The writer's name in metrics.
+    const NAME: &'static str;
     type Item: Send + Sync + 'static;
     type Answer: Send + 'static;
     /// Writes `items` in one statement; answers per item, in order.
@@ -40,6 +42,7 @@ pub(super) struct StateWrites {
 }
 
 impl Batch for StateWrites {
+    const NAME: &'static str = "state_writes";
     type Item = StateWrite;
     type Answer = Written;
     fn commit<'a>(
@@ -58,6 +61,7 @@ pub(super) struct Creations {
 }
 
 impl Batch for Creations {
+    const NAME: &'static str = "creations";
     type Item = NewRow;
     type Answer = Inserted;
     fn commit<'a>(
@@ -84,13 +88,22 @@ struct Connection {
     /// A batch on it went unanswered past the statement timeout: nothing more
     /// is sent on it, and it never goes back into the pool.
     given_up: AtomicBool,
+    /// Counts it when it is given up, under the writer's name.
+    metrics: Arc<Metrics>,
+    writer: &'static str,
 }
 
 impl Connection {
-    fn new(client: deadpool_postgres::Client) -> Connection {
+    fn new(
+        client: deadpool_postgres::Client,
+        metrics: Arc<Metrics>,
+        writer: &'static str,
+    ) -> Connection {
         Connection {
             client: Some(client),
             given_up: AtomicBool::new(false),
+            metrics,
+            writer,
         }
     }
 
@@ -122,8 +135,10 @@ impl Connection {
         {
             tracing::warn!(
                 ?timeout,
+                writer = self.writer,
                 "the database left a batch unanswered; giving up its connection"
             );
+            self.metrics.connection_given_up(self.writer);
         }
         answer
     }
@@ -154,6 +169,7 @@ impl<B: Batch> Writer<B> {
         max_batch: usize,
         pipeline: usize,
         timeout: Duration,
+        metrics: Arc<Metrics>,
         runtime: &tokio::runtime::Handle,
     ) -> Writer<B> {
         let (queue, mut pending) = mpsc::unbounded_channel::<Pending<B>>();
@@ -176,7 +192,8 @@ impl<B: Batch> Writer<B> {
                         connection = None;
                         match pool.get().await {
                             Ok(client) => {
-                                connection.insert(Arc::new(Connection::new(client))).clone()
+                                let fresh = Connection::new(client, metrics.clone(), B::NAME);
+                                connection.insert(Arc::new(fresh)).clone()
                             }
                             Err(e) => {
                                 let _ = first.done.send(Err(e.into()));

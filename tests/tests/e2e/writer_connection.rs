@@ -168,6 +168,15 @@ async fn sagas_finish_once_when_every_database_connection_stops_answering() {
         proxy.connections() > opened,
         "the coordinator opened new connections past the stalled ones"
     );
+    let metrics = crate::metrics::scrape(&world.coordinator.base_url).await;
+    for writer in ["creations", "state_writes"] {
+        let key = format!("settle_db_connections_given_up_total{{writer=\"{writer}\"}}");
+        assert_eq!(
+            metrics.get(&key).copied(),
+            Some(1.0),
+            "{writer}: its one stalled connection was given up, once"
+        );
+    }
     let sagas = 10 + (CLIENTS * 5) as i64;
     assert_each_completed_once(
         &world,
