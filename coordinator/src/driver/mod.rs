@@ -131,38 +131,20 @@ impl Driver {
             .build()
             .map_err(|e| anyhow::anyhow!("building the participant HTTP client: {e}"))?;
         let metrics = Arc::new(Metrics::new());
-        // Creations and state writes each have a connection of their own, so a
-        // burst of starts never waits behind the state writes of running sagas.
-        let writer_pool = || {
-            store::writer_pool(
-                &settings.database.url,
-                2,
-                store::Timeouts::of(&settings.database),
-            )
-        };
         let writer = writer::Writer::start(
             writer::StateWrites {
                 stuck_webhook: settings.webhook.url.is_some(),
-                metrics: metrics.clone(),
             },
-            writer_pool()?,
-            settings.coordinator.write_batch_max,
-            settings.coordinator.write_concurrency,
-            settings.database.statement_timeout,
+            &settings,
             metrics.clone(),
-            &tokio::runtime::Handle::current(),
-        );
+        )?;
         let creator = writer::Writer::start(
             writer::Creations {
                 owner: settings.coordinator.instance_id.clone(),
             },
-            writer_pool()?,
-            settings.coordinator.write_batch_max,
-            settings.coordinator.write_concurrency,
-            settings.database.statement_timeout,
+            &settings,
             metrics.clone(),
-            &tokio::runtime::Handle::current(),
-        );
+        )?;
         Ok(Arc::new(Driver {
             calls: Arc::new(tokio::sync::Semaphore::new(
                 settings.participants.max_concurrent_calls,

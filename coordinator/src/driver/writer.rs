@@ -10,12 +10,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_postgres::{ClientWrapper, Pool};
+use deadpool_postgres::ClientWrapper;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::metrics::Metrics;
+use crate::settings::Settings;
 use crate::store::batch::{self, StateWrite};
 use crate::store::create::{self, Inserted, NewRow};
 use crate::store::{self, transactions::Written};
@@ -31,6 +32,7 @@ pub(super) trait Batch: Send + Sync + 'static {
         &'a self,
         client: &'a ClientWrapper,
         items: &'a [&'a Self::Item],
+        metrics: &'a Metrics,
     ) -> BoxFuture<'a, store::Result<Vec<Self::Answer>>>;
 }
 
@@ -38,7 +40,6 @@ pub(super) trait Batch: Send + Sync + 'static {
 pub(super) struct StateWrites {
     /// Queue a webhook notification with every write that makes a transaction stuck.
     pub stuck_webhook: bool,
-    pub metrics: Arc<Metrics>,
 }
 
 impl Batch for StateWrites {
@@ -49,8 +50,9 @@ impl Batch for StateWrites {
         &'a self,
         client: &'a ClientWrapper,
         items: &'a [&'a StateWrite],
+        metrics: &'a Metrics,
     ) -> BoxFuture<'a, store::Result<Vec<Written>>> {
-        self.metrics.write_batch(items.len());
+        metrics.write_batch(items.len());
         batch::write(client, items, self.stuck_webhook).boxed()
     }
 }
@@ -68,6 +70,7 @@ impl Batch for Creations {
         &'a self,
         client: &'a ClientWrapper,
         items: &'a [&'a NewRow],
+        _metrics: &'a Metrics,
     ) -> BoxFuture<'a, store::Result<Vec<Inserted>>> {
         create::create(client, &self.owner, items).boxed()
     }
@@ -157,25 +160,27 @@ impl Drop for Connection {
 }
 
 impl<B: Batch> Writer<B> {
-    /// Starts the batching loop on `runtime`: at most `max_batch` items per
-    /// statement and `pipeline` statements under way at once, all on one
-    /// connection from `pool` (which needs room for a second one, to replace a
-    /// connection that broke while statements on it were still finishing). A
-    /// batch left unanswered for `timeout` fails as `Unanswered`, and the next
-    /// one goes out on a new connection.
-    pub fn start(
-        kind: B,
-        pool: Pool,
-        max_batch: usize,
-        pipeline: usize,
-        timeout: Duration,
-        metrics: Arc<Metrics>,
-        runtime: &tokio::runtime::Handle,
-    ) -> Writer<B> {
+    /// Starts the batching loop on the current runtime, with a connection of its
+    /// own (so a burst of starts never waits behind the state writes of running
+    /// sagas, nor the reverse): at most `coordinator.write_batch_max` items per
+    /// statement and `coordinator.write_concurrency` statements under way at
+    /// once on it. Its pool has room for a second connection, to replace one
+    /// that broke while statements on it were still finishing. A batch left
+    /// unanswered for `database.statement_timeout` fails as `Unanswered`, and
+    /// the next one goes out on a new connection.
+    pub fn start(kind: B, settings: &Settings, metrics: Arc<Metrics>) -> anyhow::Result<Writer<B>> {
+        let pool = store::writer_pool(
+            &settings.database.url,
+            2,
+            store::Timeouts::of(&settings.database),
+        )?;
+        let max_batch = settings.coordinator.write_batch_max;
+        let pipeline = settings.coordinator.write_concurrency;
+        let timeout = settings.database.statement_timeout;
         let (queue, mut pending) = mpsc::unbounded_channel::<Pending<B>>();
         let slots = Arc::new(Semaphore::new(pipeline.max(1)));
         let kind = Arc::new(kind);
-        runtime.spawn(async move {
+        tokio::spawn(async move {
             let mut connection: Option<Arc<Connection>> = None;
             loop {
                 // Take a slot first: while every slot is busy, items pile up and
@@ -216,7 +221,7 @@ impl<B: Batch> Writer<B> {
                 });
             }
         });
-        Writer { queue }
+        Ok(Writer { queue })
     }
 
     /// Queues an item and waits until it is durable (or refused). Shared, so
@@ -240,7 +245,10 @@ async fn commit<B: Batch>(
         batch.into_iter().map(|p| (p.item, p.done)).unzip();
     let refs: Vec<&B::Item> = items.iter().map(|w| &**w).collect();
     let client = connection.client();
-    match connection.answer(timeout, kind.commit(client, &refs)).await {
+    match connection
+        .answer(timeout, kind.commit(client, &refs, &connection.metrics))
+        .await
+    {
         Ok(answers) => {
             for (done, answer) in waiting.into_iter().zip(answers) {
                 let _ = done.send(Ok(answer));
@@ -262,7 +270,7 @@ async fn commit<B: Batch>(
             tracing::warn!(error = %e, size = items.len(), "batched write failed; retrying its items one by one");
             for (item, done) in refs.into_iter().zip(waiting) {
                 let answer = connection
-                    .answer(timeout, kind.commit(client, &[item]))
+                    .answer(timeout, kind.commit(client, &[item], &connection.metrics))
                     .await
                     .and_then(|mut a| {
                         a.pop().ok_or_else(|| {
