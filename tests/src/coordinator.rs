@@ -89,11 +89,31 @@ impl CoordinatorProcess {
         redis_prefix: &str,
         extra_env: &[(&str, &str)],
     ) -> CoordinatorProcess {
+        Self::spawn_under(&[], binary, db_url, redis_url, redis_prefix, extra_env).await
+    }
+
+    /// [`CoordinatorProcess::spawn`] with `binary` run by another program, e.g.
+    /// `["valgrind", "--tool=callgrind", ...]`: the process is that program's.
+    pub async fn spawn_under(
+        runner: &[&str],
+        binary: &str,
+        db_url: &str,
+        redis_url: &str,
+        redis_prefix: &str,
+        extra_env: &[(&str, &str)],
+    ) -> CoordinatorProcess {
         let port = crate::free_port();
         let instance = crate::unique("proc");
         let log = crate::artifacts_dir().join(format!("{instance}.log"));
         let log_file = std::fs::File::create(&log).expect("creating the process log");
-        let mut command = Command::new(binary);
+        let mut command = match runner.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(binary);
+                command
+            }
+            None => Command::new(binary),
+        };
         command
             .arg("serve")
             .env("SETTLE__SERVER__LISTEN", format!("127.0.0.1:{port}"))

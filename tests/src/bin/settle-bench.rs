@@ -25,7 +25,7 @@ use settle_tests::db::TestDatabase;
 
 const USAGE: &str = "usage: settle-bench [--sagas N] [--clients C] [--warmup N] \
 [--participants instant|example] [--coordinator in-process|process] [--twopc] \
-[--per-step-overhead] [--rss] [--history N] [--redis URL]";
+[--per-step-overhead] [--rss] [--history N] [--redis URL] [--callgrind FILE]";
 
 /// How long a client lets the coordinator hold a `?wait=` request.
 const WAIT: Duration = Duration::from_secs(30);
@@ -42,6 +42,9 @@ struct Args {
     rss: bool,
     /// Finished sagas (two events each) put in the tables before the run.
     history: usize,
+    /// Run the coordinator process under callgrind, counting its instructions
+    /// over the measured sagas only, and write the profile to this file.
+    callgrind: Option<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -56,6 +59,7 @@ fn parse_args() -> Result<Args, String> {
         per_step_overhead: false,
         rss: false,
         history: 0,
+        callgrind: None,
     };
     let mut clients_given = false;
     let mut it = std::env::args().skip(1);
@@ -92,6 +96,10 @@ fn parse_args() -> Result<Args, String> {
             "--per-step-overhead" => args.per_step_overhead = true,
             "--rss" => args.rss = true,
             "--history" => args.history = count(value()?)?,
+            "--callgrind" => {
+                args.callgrind = Some(value()?);
+                args.process = true;
+            }
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown argument {other}\n{USAGE}")),
         }
@@ -174,7 +182,16 @@ impl Coordinator {
             );
             // The same settings as in process: a long lease so no renewal races the
             // run, a pool as large as the in-process one, quiet logs.
-            let process = CoordinatorProcess::spawn(
+            let out_file = args
+                .callgrind
+                .as_ref()
+                .map(|file| format!("--callgrind-out-file={file}"));
+            let runner: Vec<&str> = match &out_file {
+                Some(out_file) => vec!["valgrind", "--tool=callgrind", out_file],
+                None => vec![],
+            };
+            let process = CoordinatorProcess::spawn_under(
+                &runner,
                 &binary.to_string_lossy(),
                 &db.url,
                 &args.redis,
@@ -438,6 +455,55 @@ async fn preload_history(db: &TestDatabase, n: usize) -> anyhow::Result<Duration
     Ok(started.elapsed())
 }
 
+/// Runs `callgrind_control <action> <pid>` (`--zero` after the warm-up, `--dump`
+/// after the measured sagas).
+fn callgrind_control(action: &str, pid: u32) -> anyhow::Result<()> {
+    let status = std::process::Command::new("callgrind_control")
+        .args([action, &pid.to_string()])
+        .stdout(std::process::Stdio::null())
+        .status()?;
+    anyhow::ensure!(
+        status.success(),
+        "callgrind_control {action} {pid}: {status}"
+    );
+    Ok(())
+}
+
+/// The instruction total of the newest profile part callgrind dumped for `pid`
+/// (`<file>.<part>`), the counts since the last `--zero`, and that part's path.
+fn dumped_instructions(file: &str, pid: u32) -> anyhow::Result<(u64, std::path::PathBuf)> {
+    let path = std::path::Path::new(file);
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| anyhow::anyhow!("--callgrind {file}: not a file name"))?;
+    let newest = std::fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(&format!("{name}.")))
+        })
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .max()
+        .map(|(_, p)| p)
+        .ok_or_else(|| anyhow::anyhow!("callgrind wrote no dump next to {file} (pid {pid})"))?;
+    let text = std::fs::read_to_string(&newest)?;
+    let total = text
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("summary:")
+                .or_else(|| l.strip_prefix("totals:"))
+        })
+        .and_then(|n| n.trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("{}: no instruction total", newest.display()))?;
+    Ok((total, newest))
+}
+
 /// Peak resident set size (`VmHWM`) of a process, in MB.
 fn peak_rss_mb(pid: &str) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -495,7 +561,25 @@ async fn main() -> anyhow::Result<()> {
             );
         }
     }
+    let counting = match (&args.callgrind, coordinator.pid()) {
+        (Some(file), Some(pid)) => {
+            callgrind_control("--zero", pid)?;
+            Some((file, pid))
+        }
+        _ => None,
+    };
     let load = run_load(args.clients, 0, args.sagas, success, op).await;
+    if let Some((file, pid)) = counting {
+        callgrind_control("--dump", pid)?;
+        let (instructions, profile) = dumped_instructions(file, pid)?;
+        println!(
+            "instructions coordinator process per {kind}={:.0} (callgrind, user space, {} {unit} from {} clients; {instructions} in all; profile {})",
+            instructions as f64 / args.sagas as f64,
+            args.sagas,
+            args.clients,
+            profile.display(),
+        );
+    }
     let p50 = percentile(&load.latencies, 50.0);
     println!(
         "bench kind={kind} participants={} coordinator={} history={} {unit}={} clients={} elapsed={:.2}s throughput={:.0} {unit}/s p50={p50:.2}ms p99={:.2}ms p999={:.2}ms completed={} other={}",
