@@ -66,7 +66,7 @@ impl Driver {
         let loaded = if row.kind == "saga" {
             Loaded::Saga(self.saga_run(&row).await?)
         } else {
-            Loaded::Tx(serde_json::from_value(row.progress.clone()).map_err(corrupt)?)
+            Loaded::Tx(serde_json::from_str(row.progress.get()).map_err(corrupt)?)
         };
         let judged = match &loaded {
             Loaded::Saga(run) => run.saga.applies(&run.spec, &action, paused),
@@ -233,7 +233,7 @@ impl Driver {
         };
         Ok(SagaRun {
             spec,
-            saga: serde_json::from_value(row.progress.clone()).map_err(corrupt)?,
+            saga: serde_json::from_str(row.progress.get()).map_err(corrupt)?,
             input: Arc::new(row.input.clone()),
         })
     }

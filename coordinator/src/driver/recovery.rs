@@ -241,7 +241,7 @@ impl Driver {
     /// The stored state of a claimed row, or None (released for an hour, logged)
     /// when it cannot be read.
     async fn readable<T: serde::de::DeserializeOwned>(&self, row: &TransactionRow) -> Option<T> {
-        match serde_json::from_value(row.progress.clone()) {
+        match serde_json::from_str(row.progress.get()) {
             Ok(state) => Some(state),
             Err(e) => {
                 tracing::error!(error = %e, "stored state is unreadable; leaving it for an operator");

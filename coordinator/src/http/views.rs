@@ -9,7 +9,7 @@ use crate::machine::twopc::{BranchSpec, Mode, TwoPc};
 use crate::store::{self, definitions::StoredDefinition, transactions::TransactionRow};
 
 pub fn saga(row: TransactionRow) -> Result<api::Saga, ApiError> {
-    let saga: Saga = serde_json::from_value(row.progress)
+    let saga: Saga = serde_json::from_str(row.progress.get())
         .map_err(|e| ApiError::internal(&store::Error::Corrupt(e.to_string())))?;
     Ok(api::Saga {
         id: row.id,
@@ -67,7 +67,7 @@ pub fn transaction(
     row: TransactionRow,
     registered: Vec<BranchSpec>,
 ) -> Result<api::Transaction, ApiError> {
-    let tx: TwoPc = serde_json::from_value(row.progress)
+    let tx: TwoPc = serde_json::from_str(row.progress.get())
         .map_err(|e| ApiError::internal(&store::Error::Corrupt(e.to_string())))?;
     let branch_view = |spec: BranchSpec, state: &str| api::TransactionBranch {
         name: spec.name,

@@ -5,8 +5,9 @@ use std::time::{Duration, SystemTime};
 
 use deadpool_postgres::Pool;
 use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
-use tokio_postgres::types::Type;
+use tokio_postgres::types::{Json, Type};
 use uuid::Uuid;
 
 use super::Result;
@@ -56,7 +57,9 @@ pub struct TransactionRow {
     pub version: Option<i32>,
     pub state: String,
     pub input: Value,
-    pub progress: Value,
+    /// The machine's state as stored: JSON text, parsed only into the machine
+    /// that reads it (never into a `Value` tree first).
+    pub progress: Box<RawValue>,
     pub reason: Option<String>,
     pub cancel_requested: bool,
     pub deadline: Option<SystemTime>,
@@ -82,7 +85,7 @@ impl TransactionRow {
             version: row.get("version"),
             state: row.get("state"),
             input: row.get("input"),
-            progress: row.get("progress"),
+            progress: row.get::<_, Json<Box<RawValue>>>("progress").0,
             reason: row.get("reason"),
             cancel_requested: row.get("cancel_requested"),
             deadline: row.get("deadline"),
