@@ -13,7 +13,8 @@ use std::time::Duration;
 use deadpool_postgres::ClientWrapper;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, OnceCell, Semaphore};
+use tokio_postgres::Statement;
 
 use crate::metrics::Metrics;
 use crate::settings::Settings;
@@ -25,12 +26,16 @@ use crate::store::{self, transactions::Written};
 pub(super) trait Batch: Send + Sync + 'static {
     /// The writer's name in metrics.
     const NAME: &'static str;
+    /// The one statement a batch is, prepared once per connection.
+    const STATEMENT: &'static str;
     type Item: Send + Sync + 'static;
     type Answer: Send + 'static;
-    /// Writes `items` in one statement; answers per item, in order.
+    /// Writes `items` in one statement ([`Batch::STATEMENT`], prepared on
+    /// `client`); answers per item, in order.
     fn commit<'a>(
         &'a self,
         client: &'a ClientWrapper,
+        statement: &'a Statement,
         items: &'a [&'a Self::Item],
         metrics: &'a Metrics,
     ) -> BoxFuture<'a, store::Result<Vec<Self::Answer>>>;
@@ -44,16 +49,18 @@ pub(super) struct StateWrites {
 
 impl Batch for StateWrites {
     const NAME: &'static str = "state_writes";
+    const STATEMENT: &'static str = batch::WRITE_BATCH;
     type Item = StateWrite;
     type Answer = Written;
     fn commit<'a>(
         &'a self,
         client: &'a ClientWrapper,
+        statement: &'a Statement,
         items: &'a [&'a StateWrite],
         metrics: &'a Metrics,
     ) -> BoxFuture<'a, store::Result<Vec<Written>>> {
         metrics.write_batch(items.len());
-        batch::write(client, items, self.stuck_webhook).boxed()
+        batch::write(client, statement, items, self.stuck_webhook).boxed()
     }
 }
 
@@ -64,15 +71,17 @@ pub(super) struct Creations {
 
 impl Batch for Creations {
     const NAME: &'static str = "creations";
+    const STATEMENT: &'static str = create::CREATE_BATCH;
     type Item = NewRow;
     type Answer = Inserted;
     fn commit<'a>(
         &'a self,
         client: &'a ClientWrapper,
+        statement: &'a Statement,
         items: &'a [&'a NewRow],
         _metrics: &'a Metrics,
     ) -> BoxFuture<'a, store::Result<Vec<Inserted>>> {
-        create::create(client, &self.owner, items).boxed()
+        create::create(client, statement, &self.owner, items).boxed()
     }
 }
 
@@ -91,6 +100,8 @@ struct Connection {
     /// A batch on it went unanswered past the statement timeout: nothing more
     /// is sent on it, and it never goes back into the pool.
     given_up: AtomicBool,
+    /// The writer's statement, prepared on this connection at its first batch.
+    statement: OnceCell<Statement>,
     /// Counts it when it is given up, under the writer's name.
     metrics: Arc<Metrics>,
     writer: &'static str,
@@ -105,6 +116,7 @@ impl Connection {
         Connection {
             client: Some(client),
             given_up: AtomicBool::new(false),
+            statement: OnceCell::new(),
             metrics,
             writer,
         }
@@ -119,6 +131,25 @@ impl Connection {
         self.client
             .as_ref()
             .expect("a connection keeps its client until dropped")
+    }
+
+    /// Writes `items` as one batch of `kind` on this connection, within `timeout`
+    /// (the statement's preparation, the first time, included).
+    async fn commit<B: Batch>(
+        &self,
+        kind: &B,
+        items: &[&B::Item],
+        timeout: Duration,
+    ) -> store::Result<Vec<B::Answer>> {
+        let client = self.client();
+        self.answer(timeout, async {
+            let statement = self
+                .statement
+                .get_or_try_init(|| async { client.prepare(B::STATEMENT).await })
+                .await?;
+            kind.commit(client, statement, items, &self.metrics).await
+        })
+        .await
     }
 
     /// `statement`'s answer, or `Unanswered` once `timeout` has passed without
@@ -244,11 +275,7 @@ async fn commit<B: Batch>(
     let (items, waiting): (Vec<Arc<B::Item>>, Vec<_>) =
         batch.into_iter().map(|p| (p.item, p.done)).unzip();
     let refs: Vec<&B::Item> = items.iter().map(|w| &**w).collect();
-    let client = connection.client();
-    match connection
-        .answer(timeout, kind.commit(client, &refs, &connection.metrics))
-        .await
-    {
+    match connection.commit(kind, &refs, timeout).await {
         Ok(answers) => {
             for (done, answer) in waiting.into_iter().zip(answers) {
                 let _ = done.send(Ok(answer));
@@ -270,7 +297,7 @@ async fn commit<B: Batch>(
             tracing::warn!(error = %e, size = items.len(), "batched write failed; retrying its items one by one");
             for (item, done) in refs.into_iter().zip(waiting) {
                 let answer = connection
-                    .answer(timeout, kind.commit(client, &[item], &connection.metrics))
+                    .commit(kind, &[item], timeout)
                     .await
                     .and_then(|mut a| {
                         a.pop().ok_or_else(|| {

@@ -7,6 +7,7 @@ use deadpool_postgres::ClientWrapper;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio_postgres::types::Json;
+use tokio_postgres::Statement;
 use uuid::Uuid;
 
 use super::transactions::{EventRecord, TransactionRow, Written};
@@ -61,7 +62,7 @@ struct EventRow<'a> {
 /// its rows with `id = ANY(…)`. It runs on the writer's own connections
 /// ([`super::writer_pool`]), which never plan a sequential scan, so the plan
 /// Postgres caches stays index-backed however small the table was when it was made.
-const WRITE_BATCH: &str = "
+pub const WRITE_BATCH: &str = "
 WITH x AS (
     SELECT * FROM jsonb_to_recordset($1::jsonb)
         AS x(id uuid, fence bigint, state text, progress jsonb, reason text, next_ms bigint, due_now boolean,
@@ -110,8 +111,13 @@ SELECT id, cancel_requested, finished, kind, definition, version, state,
 /// records a `stuck` transition also queues its webhook notification in the
 /// outbox, in the same statement: the notification exists exactly when the
 /// stuck state is durable.
+///
+/// `statement` is [`WRITE_BATCH`] prepared on `client`: the writer prepares it
+/// once per connection and keeps it, instead of looking it up by its text
+/// (hashing some 2 KB of SQL) in the connection's statement cache per batch.
 pub async fn write(
     client: &ClientWrapper,
+    statement: &Statement,
     writes: &[&StateWrite],
     stuck_webhook: bool,
 ) -> Result<Vec<Written>> {
@@ -132,9 +138,8 @@ pub async fn write(
         })
         .collect();
     // Serialized straight from the writes: no intermediate JSON tree.
-    let stmt = client.prepare_cached(WRITE_BATCH).await?;
     let rows = client
-        .query(&stmt, &[&Json(&states), &Json(&events), &stuck_webhook])
+        .query(statement, &[&Json(&states), &Json(&events), &stuck_webhook])
         .await?;
     let mut landed: std::collections::HashMap<Uuid, (bool, Option<Box<TransactionRow>>)> = rows
         .iter()

@@ -6,6 +6,7 @@ use deadpool_postgres::ClientWrapper;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio_postgres::types::Json;
+use tokio_postgres::Statement;
 use uuid::Uuid;
 
 use super::Result;
@@ -57,7 +58,7 @@ pub enum Inserted {
 /// the same keys wait for each other instead of deadlocking. A saga row is
 /// inserted only when no newer version of its definition exists; the statement's
 /// snapshot decides, exactly as a read of `max(version)` just before would.
-const CREATE_BATCH: &str = "
+pub const CREATE_BATCH: &str = "
 WITH x AS (
     SELECT * FROM jsonb_to_recordset($1::jsonb)
         AS x(id uuid, kind text, definition text, version int, state text, input jsonb, progress jsonb,
@@ -83,15 +84,16 @@ e AS (
 SELECT id, fence FROM t";
 
 /// Creates every transaction it can in one statement (one commit), owned by
-/// `owner`, and says per creation, in order, what became of it.
+/// `owner`, and says per creation, in order, what became of it. `statement` is
+/// [`CREATE_BATCH`] prepared on `client` (see [`super::batch::write`]).
 pub async fn create(
     client: &ClientWrapper,
+    statement: &Statement,
     owner: &str,
     rows: &[&NewRow],
 ) -> Result<Vec<Inserted>> {
-    let stmt = client.prepare_cached(CREATE_BATCH).await?;
     let created: std::collections::HashMap<Uuid, i64> = client
-        .query(&stmt, &[&Json(rows), &owner])
+        .query(statement, &[&Json(rows), &owner])
         .await?
         .iter()
         .map(|r| (r.get(0), r.get(1)))

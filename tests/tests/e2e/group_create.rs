@@ -68,7 +68,8 @@ async fn one_batch_answers_each_creation_on_its_own() {
         &twopc,
     ];
     let client = pool.get().await.unwrap();
-    let answers = create::create(&client, "group-owner", &batch)
+    let statement = client.prepare(create::CREATE_BATCH).await.unwrap();
+    let answers = create::create(&client, &statement, "group-owner", &batch)
         .await
         .unwrap();
 
