@@ -1,30 +1,41 @@
 #!/usr/bin/env bash
 # Settle against the naive durable-write ceiling, measured in the same minutes on
 # the same machine (docs/PERFORMANCE.md says how to read the numbers):
-#   1. pgbench runs the 4-commit write pattern of a 3-step saga (bench/saga_writes.sql)
-#      at the same client count for 15 s, and at 1 client for 5 s;
-#   2. settle-bench runs N sagas against instant participants from C clients;
+#   1. R rounds (default 3), each: pgbench runs the 4-commit write pattern of a
+#      3-step saga (bench/saga_writes.sql) at the same client count for 15 s, then
+#      settle-bench runs N sagas against instant participants from C clients. The
+#      ratio is taken per round and the median round is reported: on a shared
+#      machine one binary's throughput varies by 20 % from run to run;
+#   2. pgbench at 1 client for 5 s;
 #   3. settle-bench runs the same load again after loading 1,000,000 finished sagas;
 #   4. settle-bench runs 1 client with --per-step-overhead;
-#   5. settle-bench runs N one-shot 2PC transactions (two branches) from C clients.
+#   5. settle-bench runs N one-shot 2PC transactions (two branches) from C clients;
+#   6. when valgrind is installed, settle-bench --callgrind counts the coordinator's
+#      instructions per saga (1,000 sagas, 8 clients): the one figure that does not
+#      move with the machine's load.
 # It ends with a markdown table; the full outputs are kept in target/bench/.
-# Usage: scripts/bench.sh [clients] [sagas]   (defaults 32 and 20000: shorter runs are dominated by warm-up)
+# Usage: scripts/bench.sh [clients] [sagas] [rounds]   (defaults 32, 20000 and 3: shorter runs are dominated by warm-up)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 clients="${1:-32}"
 sagas="${2:-20000}"
+rounds="${3:-3}"
 pg=(-h 127.0.0.1 -p 5432 -U postgres)
 out="target/bench/$(date -u +%Y%m%dT%H%M%SZ)"
 mkdir -p "$out"
 
 scripts/services.sh
-cargo build --release --locked -p settle-tests --bin settle-bench
+cargo build --release --locked -p settle-tests --bin settle-bench --bin settle-under-test
 
 # `field NAME` reads NAME=<number> from a settle-bench line on stdin.
 field() { sed -nE "s/.*[ (]$1=([0-9.]+).*/\1/p" | head -n1; }
 
-ceiling="" ceiling_lat="" one_lat=""
+# pgbench leaves dirty pages behind: flush them before each run so no checkpoint lands in it.
+checkpoint() { psql "${pg[@]}" -qc "CHECKPOINT" >/dev/null 2>&1 || true; }
+
+have_pgbench=1
 if ! command -v pgbench >/dev/null || ! command -v psql >/dev/null; then
+  have_pgbench=""
   echo "bench: pgbench or psql is not installed (apt-get install postgresql-client);" \
     "SKIPPING the pgbench ceiling, Settle is measured alone" >&2
 else
@@ -32,24 +43,43 @@ else
   psql "${pg[@]}" -qc "CREATE DATABASE $db"
   trap 'psql "${pg[@]}" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)"' EXIT
   psql "${pg[@]}" -d "$db" -q -v ON_ERROR_STOP=1 -f bench/schema.sql
-  echo "bench: pgbench, $clients clients, 15 s" >&2
-  pgbench "${pg[@]}" -n -M prepared -c "$clients" -j 2 -T 15 -f bench/saga_writes.sql "$db" \
-    >"$out/pgbench-$clients.txt" 2>&1 || { cat "$out/pgbench-$clients.txt" >&2; exit 1; }
-  ceiling=$(awk '/^tps/ { printf "%.0f", $3 }' "$out/pgbench-$clients.txt")
+fi
+
+# Rounds: "ratio settle pgbench round" per line, sorted by ratio afterwards.
+: >"$out/rounds.txt"
+for round in $(seq "$rounds"); do
+  ceiling=""
+  if [ -n "$have_pgbench" ]; then
+    echo "bench: round $round/$rounds: pgbench, $clients clients, 15 s" >&2
+    pgbench "${pg[@]}" -n -M prepared -c "$clients" -j 2 -T 15 -f bench/saga_writes.sql "$db" \
+      >"$out/pgbench-$clients-$round.txt" 2>&1 || { cat "$out/pgbench-$clients-$round.txt" >&2; exit 1; }
+    ceiling=$(awk '/^tps/ { printf "%.0f", $3 }' "$out/pgbench-$clients-$round.txt")
+    echo "pgbench round=$round clients=$clients ceiling=$ceiling sagas/s" >&2
+  fi
+  checkpoint
+  echo "bench: round $round/$rounds: settle-bench, $clients clients, $sagas sagas" >&2
+  target/release/settle-bench --participants instant --sagas "$sagas" --clients "$clients" --rss \
+    | tee "$out/settle-$clients-$round.txt" >&2
+  checkpoint
+  settle=$(grep '^bench ' "$out/settle-$clients-$round.txt" | field throughput)
+  ratio=$(awk -v s="$settle" -v c="${ceiling:-0}" 'BEGIN { if (c > 0) printf "%.2f", s / c; else print "-" }')
+  echo "$ratio $settle ${ceiling:--} $round" >>"$out/rounds.txt"
+done
+# The median round (by ratio; by Settle's throughput without pgbench).
+median=$(sort -n -k1,1 -k2,2 "$out/rounds.txt" | sed -n "$(( (rounds + 1) / 2 ))p")
+read -r ratio throughput ceiling median_round <<<"$median"
+[ "$ceiling" = "-" ] && ceiling=""
+cp "$out/settle-$clients-$median_round.txt" "$out/settle-$clients.txt"
+[ -n "$have_pgbench" ] && cp "$out/pgbench-$clients-$median_round.txt" "$out/pgbench-$clients.txt"
+ceiling_lat="" one_lat=""
+if [ -n "$have_pgbench" ]; then
   ceiling_lat=$(awk '/^latency average/ { print $4 }' "$out/pgbench-$clients.txt")
   echo "bench: pgbench, 1 client, 5 s" >&2
   pgbench "${pg[@]}" -n -M prepared -c 1 -T 5 -f bench/saga_writes.sql "$db" \
     >"$out/pgbench-1.txt" 2>&1 || { cat "$out/pgbench-1.txt" >&2; exit 1; }
   one_lat=$(awk '/^latency average/ { print $4 }' "$out/pgbench-1.txt")
-  echo "pgbench clients=$clients ceiling=$ceiling sagas/s latency average=${ceiling_lat}ms; clients=1 latency average=${one_lat}ms" >&2
 fi
 
-# pgbench leaves dirty pages behind: flush them before each run so no checkpoint lands in it.
-checkpoint() { psql "${pg[@]}" -qc "CHECKPOINT" >/dev/null 2>&1 || true; }
-checkpoint
-echo "bench: settle-bench, $clients clients, $sagas sagas" >&2
-target/release/settle-bench --participants instant --sagas "$sagas" --clients "$clients" --rss \
-  | tee "$out/settle-$clients.txt" >&2
 checkpoint
 echo "bench: settle-bench, $clients clients, $sagas sagas, after 1,000,000 finished sagas" >&2
 target/release/settle-bench --participants instant --sagas "$sagas" --clients "$clients" --history 1000000 \
@@ -63,6 +93,17 @@ checkpoint
 echo "bench: settle-bench --twopc, $clients clients, $sagas transactions" >&2
 target/release/settle-bench --twopc --sagas "$sagas" --clients "$clients" \
   | tee "$out/settle-twopc-$clients.txt" >&2
+
+instructions=""
+if command -v valgrind >/dev/null && command -v callgrind_control >/dev/null; then
+  checkpoint
+  echo "bench: settle-bench --callgrind, 8 clients, 1000 sagas" >&2
+  target/release/settle-bench --participants instant --sagas 1000 --clients 8 --callgrind "$out/callgrind" \
+    | tee "$out/settle-callgrind.txt" >&2
+  instructions=$(grep '^instructions' "$out/settle-callgrind.txt" | sed -nE 's/.*per saga=([0-9]+).*/\1/p')
+else
+  echo "bench: valgrind is not installed; SKIPPING the instruction count" >&2
+fi
 
 line=$(grep '^bench ' "$out/settle-$clients.txt")
 twopc_line=$(grep '^bench ' "$out/settle-twopc-$clients.txt")
@@ -81,7 +122,7 @@ echo "|---|---|"
 echo "| Settle, instant participants, $clients clients, $sagas sagas | $throughput sagas/s, p50 $(field p50 <<<"$line") ms, p99 $(field p99 <<<"$line") ms, p999 $(field p999 <<<"$line") ms |"
 if [ -n "$ceiling" ]; then
   echo "| pgbench ceiling, 4 commits per saga, $clients clients | $ceiling sagas/s, average latency $ceiling_lat ms |"
-  echo "| ratio Settle / pgbench | $(awk -v s="$throughput" -v c="$ceiling" 'BEGIN { printf "%.2f", s / c }') |"
+  echo "| ratio Settle / pgbench, median of $rounds rounds | $ratio (each round Settle / pgbench: $(sort -n -k4,4 "$out/rounds.txt" | awk '{ printf "%s%s / %s = %s", (NR > 1 ? "; " : ""), $2, $3, $1 }')) |"
 else
   echo "| pgbench ceiling | not measured: pgbench is not installed |"
 fi
@@ -93,4 +134,7 @@ if [ -n "$one_lat" ]; then
   echo "| pgbench, 1 client: 4 commits in a row | $one_lat ms average ($(awk -v l="$one_lat" 'BEGIN { printf "%.2f", l / 4 }') ms per commit) |"
 fi
 echo "| Settle 2PC, one-shot, 2 branches (prepare, commit), $clients clients, $sagas transactions | $(field throughput <<<"$twopc_line") transactions/s, p50 $(field p50 <<<"$twopc_line") ms, p99 $(field p99 <<<"$twopc_line") ms |"
+if [ -n "$instructions" ]; then
+  echo "| coordinator instructions per saga (callgrind, user space, 1000 sagas, 8 clients) | $instructions |"
+fi
 echo "| peak RSS, bench process (coordinator, clients, participants), $clients clients | $rss MB |"
