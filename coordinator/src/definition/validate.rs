@@ -189,11 +189,9 @@ pub fn check_participants(doc: &Document, allow: &AllowList) -> Result<(), Inval
     Ok(())
 }
 
-/// One URL against the allow-list (after [`check_url`] accepted its form).
+/// One URL: its form ([`check_url`]), then the allow-list.
 pub fn check_allowed(field: &str, url: &str, allow: &AllowList) -> Result<(), Invalid> {
-    check_url(field, url)?;
-    let parsed = reqwest::Url::parse(url)
-        .map_err(|e| Invalid::new(field, format!("'{}' is not a URL: {e}", truncate(url, 200))))?;
+    let parsed = participant_url(field, url)?;
     allow.check(&parsed).map_err(|why| {
         Invalid::new(
             field,
@@ -207,6 +205,11 @@ pub fn check_allowed(field: &str, url: &str, allow: &AllowList) -> Result<(), In
 
 /// A participant URL: http(s), with a host, without credentials, not absurdly long.
 pub fn check_url(field: &str, url: &str) -> Result<(), Invalid> {
+    participant_url(field, url).map(drop)
+}
+
+/// [`check_url`], handing back the URL parsed (once: a 2PC start checks six).
+fn participant_url(field: &str, url: &str) -> Result<reqwest::Url, Invalid> {
     if url.len() > MAX_URL_LEN {
         return Err(Invalid::new(
             field,
@@ -234,7 +237,7 @@ pub fn check_url(field: &str, url: &str) -> Result<(), Invalid> {
             "credentials in participant URLs are not allowed",
         ));
     }
-    Ok(())
+    Ok(parsed)
 }
 
 fn merge_retry(
