@@ -106,11 +106,31 @@ pub enum StartError {
     ShuttingDown,
 }
 
-/// A saga start: a new saga, or the one an idempotency key already named.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A start: a new transaction, or the one an idempotency key already named.
+#[derive(Debug)]
 pub enum Started {
-    New(Uuid),
+    New(Created),
     Existing(Uuid),
+}
+
+/// A transaction this start created, with what it stored.
+#[derive(Debug)]
+pub struct Created {
+    row: Arc<NewRow>,
+    fence: i64,
+    created_at: std::time::SystemTime,
+}
+
+impl Created {
+    pub fn id(&self) -> Uuid {
+        self.row.id
+    }
+
+    /// The row as the creation stored it, without reading it back: what a start
+    /// that does not wait answers with. The transaction may have moved on since.
+    pub fn stored(&self) -> Result<store::transactions::TransactionRow, store::Error> {
+        self.row.as_stored(self.fence, self.created_at)
+    }
 }
 
 impl Driver {
@@ -282,32 +302,33 @@ impl Driver {
                 .progress()
                 .map_err(|e| store::Error::Corrupt(e.to_string()))?;
             let sent_ms = self.monotonic_ms();
-            let created = self
-                .creator
-                .write(Arc::new(NewRow {
-                    id,
-                    kind: "saga",
-                    definition: Some(definition.to_string()),
-                    version: Some(spec.version),
-                    state: run.state(),
-                    input: raw_input.clone(),
-                    progress,
-                    idempotency_key: idempotency_key.map(str::to_owned),
-                    request_digest: digest.clone(),
-                    deadline_ms: run.saga.deadline,
-                    next_ms: run.wake_at(clock.now),
-                    lease_ms: self.lease_duration().as_millis() as i64,
-                    actor: actor.to_string(),
-                    traceparent: trace.map(TraceContext::traceparent),
-                    tracestate: trace.and_then(|t| t.tracestate.clone()),
-                }))
-                .await?;
-            return match created {
-                Inserted::Created { fence } => {
+            let row = Arc::new(NewRow {
+                id,
+                kind: "saga",
+                definition: Some(definition.to_string()),
+                version: Some(spec.version),
+                state: run.state(),
+                input: raw_input.clone(),
+                progress,
+                idempotency_key: idempotency_key.map(str::to_owned),
+                request_digest: digest.clone(),
+                deadline_ms: run.saga.deadline,
+                next_ms: run.wake_at(clock.now),
+                lease_ms: self.lease_duration().as_millis() as i64,
+                actor: actor.to_string(),
+                traceparent: trace.map(TraceContext::traceparent),
+                tracestate: trace.and_then(|t| t.tracestate.clone()),
+            });
+            return match self.creator.write(row.clone()).await? {
+                Inserted::Created { fence, created_at } => {
                     tracing::info!(transaction_id = %id, definition, version = spec.version, "saga started");
                     self.metrics.started("saga", definition);
                     self.drive_created(id, fence, run, first, trace, sent_ms);
-                    Ok(Started::New(id))
+                    Ok(Started::New(Created {
+                        row,
+                        fence,
+                        created_at,
+                    }))
                 }
                 Inserted::Existing { id, same_request } if same_request => {
                     Ok(Started::Existing(id))

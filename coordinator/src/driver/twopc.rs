@@ -10,7 +10,7 @@ use settle_participant::api::{NewBranch, NewTransaction};
 use uuid::Uuid;
 
 use super::workflow::{step_of, Event, TxRun, Workflow};
-use super::{request_digest, run, Driver, Started};
+use super::{request_digest, run, Created, Driver, Started};
 use crate::allow::AllowList;
 use crate::definition::{self, Invalid};
 use crate::machine::retry::RetryPolicy;
@@ -162,32 +162,33 @@ impl Driver {
         let sent_ms = self.monotonic_ms();
         let raw_input = serde_json::value::to_raw_value(&input)
             .map_err(|e| store::Error::Corrupt(e.to_string()))?;
-        let inserted = self
-            .creator
-            .write(Arc::new(NewRow {
-                id,
-                kind: "twopc",
-                definition: None,
-                version: None,
-                state: run.state(),
-                request_digest: request_digest(&[b"twopc", raw_input.get().as_bytes()]),
-                input: raw_input,
-                progress,
-                idempotency_key: idempotency_key.map(str::to_owned),
-                deadline_ms: deadline,
-                next_ms: run.wake_at(clock.now),
-                lease_ms: self.lease_duration().as_millis() as i64,
-                actor: actor.to_string(),
-                traceparent: trace.map(TraceContext::traceparent),
-                tracestate: trace.and_then(|t| t.tracestate.clone()),
-            }))
-            .await?;
-        match inserted {
-            Inserted::Created { fence } => {
+        let row = Arc::new(NewRow {
+            id,
+            kind: "twopc",
+            definition: None,
+            version: None,
+            state: run.state(),
+            request_digest: request_digest(&[b"twopc", raw_input.get().as_bytes()]),
+            input: raw_input,
+            progress,
+            idempotency_key: idempotency_key.map(str::to_owned),
+            deadline_ms: deadline,
+            next_ms: run.wake_at(clock.now),
+            lease_ms: self.lease_duration().as_millis() as i64,
+            actor: actor.to_string(),
+            traceparent: trace.map(TraceContext::traceparent),
+            tracestate: trace.and_then(|t| t.tracestate.clone()),
+        });
+        match self.creator.write(row.clone()).await? {
+            Inserted::Created { fence, created_at } => {
                 tracing::info!(transaction_id = %id, mode = ?run.tx.mode, branches = run.tx.branches.len(), "transaction started");
                 self.metrics.started("twopc", "");
                 self.drive_created(id, fence, run, first, trace, sent_ms);
-                Ok(Started::New(id))
+                Ok(Started::New(Created {
+                    row,
+                    fence,
+                    created_at,
+                }))
             }
             Inserted::Existing { id, same_request } if same_request => Ok(Started::Existing(id)),
             Inserted::Existing { .. } => Err(TxStartError::KeyReused),

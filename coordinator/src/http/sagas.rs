@@ -10,6 +10,7 @@ use super::auth::Caller;
 use super::error::ApiError;
 use super::{fetch, parse_wait, views, AppState};
 use crate::driver::Started;
+use crate::store::transactions::TransactionRow;
 
 const MAX_IDEMPOTENCY_KEY: usize = 200;
 
@@ -50,7 +51,14 @@ async fn respond(
     wait: Option<std::time::Duration>,
     status: StatusCode,
 ) -> Result<HttpResponse, ApiError> {
-    let row = fetch(state, id, "saga", wait, "saga_not_found").await?;
+    answer(
+        fetch(state, id, "saga", wait, "saga_not_found").await?,
+        status,
+    )
+}
+
+fn answer(row: TransactionRow, status: StatusCode) -> Result<HttpResponse, ApiError> {
+    let id = row.id;
     Ok(HttpResponse::build(status)
         .insert_header((header::LOCATION, format!("/v1/sagas/{id}")))
         .json(views::saga(row)?))
@@ -79,7 +87,9 @@ pub async fn start(
         )
         .await?;
     match started {
-        Started::New(id) => respond(&state, id, wait, StatusCode::CREATED).await,
+        // Not waiting: the saga as its creation stored it, with no read.
+        Started::New(created) if wait.is_none() => answer(created.stored()?, StatusCode::CREATED),
+        Started::New(created) => respond(&state, created.id(), wait, StatusCode::CREATED).await,
         Started::Existing(id) => respond(&state, id, wait, StatusCode::OK).await,
     }
 }

@@ -11,6 +11,7 @@ use super::sagas::{idempotency_key, WaitQuery};
 use super::{fetch, parse_wait, views, AppState};
 use crate::driver::{self, Closed, Started};
 use crate::machine::twopc::Verdict;
+use crate::store::transactions::TransactionRow;
 use crate::store::{self, twopc::Registered};
 
 async fn respond(
@@ -19,7 +20,20 @@ async fn respond(
     wait: Option<std::time::Duration>,
     status: StatusCode,
 ) -> Result<HttpResponse, ApiError> {
-    let row = fetch(state, id, "twopc", wait, "transaction_not_found").await?;
+    answer(
+        state,
+        fetch(state, id, "twopc", wait, "transaction_not_found").await?,
+        status,
+    )
+    .await
+}
+
+async fn answer(
+    state: &AppState,
+    row: TransactionRow,
+    status: StatusCode,
+) -> Result<HttpResponse, ApiError> {
+    let id = row.id;
     let branches = if row.state == "active" {
         store::twopc::branches(&state.pool, id).await?
     } else {
@@ -76,7 +90,11 @@ pub async fn start(
             ),
         })?;
     match started {
-        Started::New(id) => respond(&state, id, wait, StatusCode::CREATED).await,
+        // Not waiting: the transaction as its creation stored it, with no read.
+        Started::New(created) if wait.is_none() => {
+            answer(&state, created.stored()?, StatusCode::CREATED).await
+        }
+        Started::New(created) => respond(&state, created.id(), wait, StatusCode::CREATED).await,
         Started::Existing(id) => respond(&state, id, wait, StatusCode::OK).await,
     }
 }

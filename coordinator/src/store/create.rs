@@ -2,6 +2,8 @@
 //! with its `started` event. A saga is created only under the newest version of
 //! its definition, so a start needs no read of its own to learn that version.
 
+use std::time::SystemTime;
+
 use deadpool_postgres::ClientWrapper;
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -9,6 +11,7 @@ use tokio_postgres::types::Json;
 use tokio_postgres::Statement;
 use uuid::Uuid;
 
+use super::transactions::TransactionRow;
 use super::Result;
 use crate::machine::Millis;
 
@@ -42,11 +45,40 @@ pub struct NewRow {
     pub tracestate: Option<String>,
 }
 
+impl NewRow {
+    /// The row this creation stored, as a read of it right after would return
+    /// it, built from the creation itself: a start that answers at once needs
+    /// no read of its own. `fence` and `created_at` are what the statement
+    /// handed back ([`Inserted::Created`]).
+    pub fn as_stored(&self, fence: i64, created_at: SystemTime) -> Result<TransactionRow> {
+        Ok(TransactionRow {
+            id: self.id,
+            kind: self.kind.to_string(),
+            definition: self.definition.clone(),
+            version: self.version,
+            state: self.state.to_string(),
+            input: serde_json::from_str(self.input.get())
+                .map_err(|e| super::Error::Corrupt(e.to_string()))?,
+            progress: self.progress.clone(),
+            reason: None,
+            cancel_requested: false,
+            deadline: Some(super::to_time(self.deadline_ms)),
+            next_attempt_at: self.next_ms.map(super::to_time),
+            created_at,
+            updated_at: created_at,
+            fence,
+            traceparent: self.traceparent.clone(),
+            tracestate: self.tracestate.clone(),
+        })
+    }
+}
+
 /// What became of one creation.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Inserted {
-    /// The transaction now exists, owned by the caller under this fence.
-    Created { fence: i64 },
+    /// The transaction now exists, owned by the caller under this fence, stored
+    /// at `created_at` (the database's clock).
+    Created { fence: i64, created_at: SystemTime },
     /// The idempotency key was used before; `same_request` says whether with the same body.
     Existing { id: Uuid, same_request: bool },
     /// The saga's definition has a newer version than the one given: nothing was
@@ -75,13 +107,13 @@ t AS (
            SELECT 1 FROM saga_definitions d WHERE d.name = x.definition AND d.version > x.version)
      ORDER BY x.idempotency_key NULLS LAST, x.id
     ON CONFLICT (idempotency_key) DO NOTHING
-    RETURNING id, fence, kind, definition, version),
+    RETURNING id, fence, kind, definition, version, created_at),
 e AS (
     INSERT INTO events (transaction_id, kind, actor, detail)
     SELECT t.id, 'started', x.actor,
            jsonb_strip_nulls(jsonb_build_object('kind', t.kind, 'definition', t.definition, 'version', t.version))
       FROM t JOIN x ON x.id = t.id)
-SELECT id, fence FROM t";
+SELECT id, fence, created_at FROM t";
 
 /// Creates every transaction it can in one statement (one commit), owned by
 /// `owner`, and says per creation, in order, what became of it. `statement` is
@@ -92,11 +124,11 @@ pub async fn create(
     owner: &str,
     rows: &[&NewRow],
 ) -> Result<Vec<Inserted>> {
-    let created: std::collections::HashMap<Uuid, i64> = client
+    let created: std::collections::HashMap<Uuid, (i64, SystemTime)> = client
         .query(statement, &[&Json(rows), &owner])
         .await?
         .iter()
-        .map(|r| (r.get(0), r.get(1)))
+        .map(|r| (r.get(0), (r.get(1), r.get(2))))
         .collect();
     // Rows that were not inserted: their key was taken (by an earlier start,
     // perhaps in this very batch), or their definition has a newer version.
@@ -120,8 +152,8 @@ pub async fn create(
     Ok(rows
         .iter()
         .map(|r| {
-            if let Some(&fence) = created.get(&r.id) {
-                return Inserted::Created { fence };
+            if let Some(&(fence, created_at)) = created.get(&r.id) {
+                return Inserted::Created { fence, created_at };
             }
             match r.idempotency_key.as_ref().and_then(|k| existing.get(k)) {
                 Some((id, digest)) => Inserted::Existing {

@@ -6,6 +6,7 @@
 use serde_json::json;
 use serde_json::value::{to_raw_value, RawValue};
 use settle_coordinator::store::create::{self, Inserted, NewRow};
+use settle_coordinator::store::transactions::{self, TransactionRow};
 use uuid::Uuid;
 
 use crate::support::{count, saga_yaml, World, WAIT};
@@ -32,6 +33,36 @@ fn saga_row(version: i32, key: Option<&str>, digest: &str) -> NewRow {
         traceparent: None,
         tracestate: None,
     }
+}
+
+/// Every column alike; the progress as JSON (Postgres keeps `jsonb` in its own
+/// spelling, which parses to the same document).
+fn assert_same_row(built: &TransactionRow, read: &TransactionRow) {
+    let progress = |r: &TransactionRow| -> serde_json::Value {
+        serde_json::from_str(r.progress.get()).unwrap()
+    };
+    assert_eq!(progress(built), progress(read), "progress of {}", read.id);
+    let columns = |r: &TransactionRow| {
+        format!(
+            "{} {} {:?} {:?} {} {} {:?} {} {:?} {:?} {:?} {:?} {} {:?} {:?}",
+            r.id,
+            r.kind,
+            r.definition,
+            r.version,
+            r.state,
+            r.input,
+            r.reason,
+            r.cancel_requested,
+            r.deadline,
+            r.next_attempt_at,
+            r.created_at,
+            r.updated_at,
+            r.fence,
+            r.traceparent,
+            r.tracestate
+        )
+    };
+    assert_eq!(columns(built), columns(read));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -96,7 +127,7 @@ async fn one_batch_answers_each_creation_on_its_own() {
     let fences: Vec<i64> = answers
         .iter()
         .filter_map(|a| match a {
-            Inserted::Created { fence } => Some(*fence),
+            Inserted::Created { fence, .. } => Some(*fence),
             _ => None,
         })
         .collect();
@@ -104,6 +135,21 @@ async fn one_batch_answers_each_creation_on_its_own() {
     distinct.sort();
     distinct.dedup();
     assert_eq!(distinct.len(), 3, "each creation has its own fence");
+
+    // A start that does not wait answers with the row as its creation stored
+    // it, built without a read: it must be the row a read returns.
+    for (new, answer) in [
+        (&plain, &answers[0]),
+        (&keyed, &answers[1]),
+        (&twopc, &answers[5]),
+    ] {
+        let Inserted::Created { fence, created_at } = answer else {
+            unreachable!("checked above")
+        };
+        let built = new.as_stored(*fence, *created_at).unwrap();
+        let read = transactions::get(&pool, new.id).await.unwrap().unwrap();
+        assert_same_row(&built, &read);
+    }
 
     assert_eq!(
         count(&world.db, "SELECT count(*) FROM transactions").await,
