@@ -188,6 +188,7 @@ impl Driver {
         let write = StateWrite {
             id,
             fence,
+            write_id: Uuid::now_v7(),
             state: w.state(),
             progress: w.progress().map_err(corrupt)?,
             reason: w.reason().map(str::to_owned),

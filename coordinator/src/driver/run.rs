@@ -258,6 +258,7 @@ impl Driver {
         let write = Arc::new(StateWrite {
             id: run.id,
             fence: run.fence,
+            write_id: Uuid::now_v7(),
             state: run.w.state(),
             progress,
             reason: run.w.reason().map(str::to_owned),

@@ -2,6 +2,7 @@
 //! Postgres commit. Each write is still fenced and still durable before its caller
 //! acts on it; a write whose fence no longer matches comes back as ownership lost.
 //! A write that makes a transaction stuck also queues its webhook notification.
+//! A write sent again after an unknown outcome adds its events only once.
 
 use deadpool_postgres::ClientWrapper;
 use serde::Serialize;
@@ -19,6 +20,11 @@ use crate::machine::Millis;
 pub struct StateWrite {
     pub id: Uuid,
     pub fence: i64,
+    /// Names this write (`Uuid::now_v7()` when it is made). Retries send it again
+    /// under the same id: one that finds its write already applied (the first
+    /// attempt committed, but its answer was lost) adds no second copy of the
+    /// write's events.
+    pub write_id: Uuid,
     pub state: &'static str,
     /// The machine's state as JSON text (`Workflow::progress`), never a `Value` tree.
     pub progress: Box<RawValue>,
@@ -62,15 +68,19 @@ struct EventRow<'a> {
 /// its rows with `id = ANY(…)`. It runs on the writer's own connections
 /// ([`super::writer_pool`]), which never plan a sequential scan, so the plan
 /// Postgres caches stays index-backed however small the table was when it was made.
+///
+/// A write whose `write_id` is the row's `last_write` was applied before (a retry
+/// after an unknown outcome): it lands again, the same state, without a second
+/// copy of its events or webhook notification.
 pub const WRITE_BATCH: &str = "
 WITH x AS (
     SELECT * FROM jsonb_to_recordset($1::jsonb)
-        AS x(id uuid, fence bigint, state text, progress jsonb, reason text, next_ms bigint, due_now boolean,
-             lease_ms bigint, finished boolean)
+        AS x(id uuid, fence bigint, write_id uuid, state text, progress jsonb, reason text, next_ms bigint,
+             due_now boolean, lease_ms bigint, finished boolean)
      ORDER BY id),
 lk AS (
-    SELECT x.* FROM x CROSS JOIN LATERAL (
-        SELECT t.id FROM transactions t WHERE t.id = x.id AND t.fence = x.fence FOR UPDATE) l),
+    SELECT x.*, l.last_write IS NOT DISTINCT FROM x.write_id AS replay FROM x CROSS JOIN LATERAL (
+        SELECT t.id, t.last_write FROM transactions t WHERE t.id = x.id AND t.fence = x.fence FOR UPDATE) l),
 t AS (
     UPDATE transactions t
        SET state = lk.state, progress = lk.progress, reason = lk.reason,
@@ -78,18 +88,20 @@ t AS (
                WHEN lk.due_now AND t.next_attempt_at <= to_timestamp(lk.next_ms / 1000.0) THEN t.next_attempt_at
                ELSE to_timestamp(lk.next_ms / 1000.0) END,
            updated_at = now(),
-           lease_until = now() + (lk.lease_ms * interval '1 millisecond')
+           lease_until = now() + (lk.lease_ms * interval '1 millisecond'),
+           last_write = lk.write_id
       FROM lk
      WHERE t.id = ANY(ARRAY(SELECT id FROM lk)) AND t.id = lk.id AND t.fence = lk.fence
  RETURNING t.id, t.cancel_requested, t.kind, t.definition, t.version, t.state, t.input, t.progress, t.reason,
            t.deadline, t.next_attempt_at, t.created_at, t.updated_at, t.fence, t.traceparent, t.tracestate,
-           lk.finished),
+           lk.finished, lk.replay),
 e AS (
     INSERT INTO events (transaction_id, kind, step, phase, attempt, status_code, error, duration_ms, actor, detail)
     SELECT ev.transaction_id, ev.kind, ev.step, ev.phase, ev.attempt, ev.status_code, ev.error, ev.duration_ms, ev.actor, ev.detail
       FROM jsonb_to_recordset($2::jsonb) AS ev(transaction_id uuid, kind text, step text, phase text, attempt int,
            status_code int, error text, duration_ms int, actor text, detail jsonb)
-      JOIN t ON t.id = ev.transaction_id),
+      JOIN t ON t.id = ev.transaction_id
+     WHERE NOT t.replay),
 o AS (
     INSERT INTO webhook_outbox (transaction_id, event, payload)
     SELECT t.id, 'transaction.stuck', jsonb_build_object(
@@ -97,7 +109,7 @@ o AS (
                'state', t.state, 'reason', t.reason,
                'at', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'))
       FROM t
-     WHERE $3::boolean AND t.state = 'stuck'
+     WHERE $3::boolean AND t.state = 'stuck' AND NOT t.replay
        AND EXISTS (SELECT 1 FROM jsonb_array_elements($2::jsonb) ev
                     WHERE (ev->>'transaction_id')::uuid = t.id AND ev->>'kind' = 'stuck'))
 SELECT id, cancel_requested, finished, kind, definition, version, state,

@@ -35,6 +35,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "hot_updates",
         include_str!("../../../migrations/0006_hot_updates.sql"),
     ),
+    (
+        7,
+        "write_replay",
+        include_str!("../../../migrations/0007_write_replay.sql"),
+    ),
 ];
 
 /// Arbitrary constant naming Settle's migration lock.

@@ -28,5 +28,6 @@ mod twopc;
 mod twopc_crash;
 mod waiting;
 mod webhook;
+mod write_replay;
 mod writer_connection;
 mod xa_participant;
