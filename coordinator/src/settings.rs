@@ -191,6 +191,9 @@ pub struct ParticipantSettings {
     pub max_concurrent_calls: usize,
     /// Idle keep-alive connections kept per participant host.
     pub pool_idle_per_host: usize,
+    /// PEM certificates trusted for HTTPS participants besides the system's
+    /// roots: a private CA, or a participant's own self-signed certificate.
+    pub ca_file: Option<PathBuf>,
     /// Which participant URLs definitions and branches may name.
     pub allow: crate::allow::AllowList,
 }
@@ -439,6 +442,7 @@ struct RawParticipants {
     max_response_bytes: usize,
     max_concurrent_calls: usize,
     pool_idle_per_host: usize,
+    ca_file: String,
     allow: StringList,
     allowed_schemes: StringList,
 }
@@ -534,6 +538,7 @@ impl Default for RawParticipants {
             max_response_bytes: 1024 * 1024,
             max_concurrent_calls: 512,
             pool_idle_per_host: 64,
+            ca_file: String::new(),
             allow: StringList::of(&["127.0.0.0/8", "::1/128", "localhost"]),
             allowed_schemes: StringList::of(&["http", "https"]),
         }
@@ -760,6 +765,8 @@ impl Raw {
                 max_response_bytes: self.participants.max_response_bytes,
                 max_concurrent_calls: self.participants.max_concurrent_calls,
                 pool_idle_per_host: self.participants.pool_idle_per_host,
+                ca_file: (!self.participants.ca_file.trim().is_empty())
+                    .then(|| PathBuf::from(self.participants.ca_file.trim())),
                 allow,
             },
             log: LogSettings {
@@ -866,6 +873,12 @@ mod tests {
         assert_eq!(s.database.statement_timeout, Duration::from_secs(10));
         let s = load_toml("[database]\nstatement_timeout = \"2500ms\"\n").unwrap();
         assert_eq!(s.database.statement_timeout, Duration::from_millis(2500));
+        assert_eq!(s.participants.ca_file, None);
+        let s = load_toml("[participants]\nca_file = \"/etc/settle/ca.pem\"\n").unwrap();
+        assert_eq!(
+            s.participants.ca_file.as_deref(),
+            Some(std::path::Path::new("/etc/settle/ca.pem"))
+        );
     }
 
     #[test]

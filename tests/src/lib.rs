@@ -4,6 +4,7 @@
 
 pub mod coordinator;
 pub mod db;
+pub mod instant;
 pub mod pg_cluster;
 pub mod proxy;
 pub mod redis_server;

@@ -137,28 +137,6 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1].as_secs_f64() * 1000.0
 }
 
-/// A participant that answers every call with `200 {}` at once, on a port of its own.
-/// It reads the request body, as every real participant does: a server that
-/// answers before the body is read cannot reuse the connection, and the
-/// coordinator would then pay a TCP connect per call.
-fn instant_participant() -> anyhow::Result<String> {
-    let server = actix_web::HttpServer::new(|| {
-        actix_web::App::new().default_service(actix_web::web::to(
-            |_body: actix_web::web::Bytes| async {
-                actix_web::HttpResponse::Ok()
-                    .content_type("application/json")
-                    .body("{}")
-            },
-        ))
-    })
-    .workers(1)
-    .disable_signals()
-    .bind(("127.0.0.1", 0))?;
-    let url = format!("http://{}", server.addrs()[0]);
-    tokio::spawn(server.run());
-    Ok(url)
-}
-
 /// The coordinator under measurement.
 enum Coordinator {
     InProcess {
@@ -530,7 +508,7 @@ async fn main() -> anyhow::Result<()> {
     let (coordinator, base) = Coordinator::start(&args, &db).await?;
     let client = CoordinatorClient::new(&base)?;
     let participants = if args.instant {
-        Participants::Instant(instant_participant()?)
+        Participants::Instant(settle_tests::instant::start(None)?)
     } else {
         let pool = db.pool(16);
         settle_examples::setup(&pool).await?;

@@ -1,5 +1,7 @@
 //! The listener over TLS (rustls): HTTPS with a configured certificate and key,
-//! plain HTTP refused on that port, and a bad key file named at start-up.
+//! plain HTTP refused on that port, and a bad key file named at start-up; and
+//! participants over HTTPS: called when their certificate is trusted (the
+//! system's roots or `participants.ca_file`), refused when it is not.
 
 use std::path::Path;
 use std::process::Command;
@@ -103,4 +105,69 @@ async fn a_key_that_cannot_be_read_stops_start_up_naming_the_setting() {
         Err(e) => e.to_string(),
     };
     assert!(error.contains("server.tls_key"), "{error}");
+}
+
+/// One step on `url`, tried once.
+async fn run_one_step_saga(world: &World, url: &str) -> Value {
+    let definition = json!({
+        "name": "over-tls",
+        "steps": [{ "name": "a", "action": { "url": format!("{url}/a"), "retry": { "max_attempts": 1 } } }]
+    });
+    world
+        .coordinator
+        .client
+        .register_definition("over-tls", &definition.to_string(), "application/json")
+        .await
+        .unwrap();
+    let saga = world
+        .coordinator
+        .client
+        .start_saga(
+            "over-tls",
+            json!({}),
+            None,
+            Some(std::time::Duration::from_secs(10)),
+        )
+        .await
+        .unwrap();
+    serde_json::to_value(saga).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_participant_over_https_is_called_only_when_its_certificate_is_trusted() {
+    let dir = settle_tests::artifacts_dir().join(settle_tests::unique("tls-participant"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let files = self_signed(&dir);
+    let tls = settle_coordinator::tls::server_config(&files).unwrap();
+    let url = settle_tests::instant::start(Some(tls)).unwrap();
+
+    let trusting = World::start_with(|s| s.participants.ca_file = Some(files.cert.clone())).await;
+    let saga = run_one_step_saga(&trusting, &url).await;
+    assert_eq!(saga["state"], "completed", "{saga}");
+    trusting.stop().await;
+
+    // Without the setting the certificate is unknown: the call fails, nothing is sent.
+    let untrusting = World::start().await;
+    let saga = run_one_step_saga(&untrusting, &url).await;
+    assert_eq!(saga["steps"][0]["state"], "failed", "{saga}");
+    assert_ne!(saga["state"], "completed", "{saga}");
+    untrusting.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_file_that_holds_no_certificate_stops_start_up_naming_the_setting() {
+    let dir = settle_tests::artifacts_dir().join(settle_tests::unique("tls-bad-ca"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("not-a-ca.pem"), "hello").unwrap();
+    let db = settle_tests::db::TestDatabase::create().await;
+    for ca_file in [dir.join("not-a-ca.pem"), dir.join("missing.pem")] {
+        let mut settings =
+            settle_tests::coordinator::test_settings(&db.url, settle_tests::redis_server::SHARED);
+        settings.participants.ca_file = Some(ca_file.clone());
+        let error = match Application::build(settings).await {
+            Ok(_) => panic!("a coordinator started with {}", ca_file.display()),
+            Err(e) => e.to_string(),
+        };
+        assert!(error.contains("participants.ca_file"), "{error}");
+    }
 }
