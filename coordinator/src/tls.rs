@@ -1,6 +1,8 @@
-//! The listener's TLS (rustls with the ring provider): certificate chain and key
-//! read from PEM files once at start-up, with errors that name the file.
+//! TLS files read once at start-up, with errors that name the setting and the
+//! file: the listener's certificate chain and key (rustls with the ring
+//! provider), and the extra roots trusted for HTTPS participants.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
@@ -10,19 +12,7 @@ use crate::settings::TlsFiles;
 
 /// A server configuration for `files`, or why it cannot be built.
 pub fn server_config(files: &TlsFiles) -> anyhow::Result<rustls::ServerConfig> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
-        .and_then(|iter| iter.collect::<Result<_, _>>())
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "server.tls_cert: cannot read a PEM certificate chain from {}: {e}",
-                files.cert.display()
-            )
-        })?;
-    anyhow::ensure!(
-        !certs.is_empty(),
-        "server.tls_cert: {} holds no certificate",
-        files.cert.display()
-    );
+    let certs = certificates("server.tls_cert", &files.cert)?;
     let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| {
         anyhow::anyhow!(
             "server.tls_key: cannot read a PEM private key from {}: {e}",
@@ -42,4 +32,41 @@ pub fn server_config(files: &TlsFiles) -> anyhow::Result<rustls::ServerConfig> {
                 files.cert.display()
             )
         })
+}
+
+/// The certificates of `participants.ca_file`, trusted for HTTPS participants
+/// besides the system's roots; none without the setting.
+pub fn participant_roots(ca_file: Option<&Path>) -> anyhow::Result<Vec<reqwest::Certificate>> {
+    let Some(path) = ca_file else {
+        return Ok(Vec::new());
+    };
+    certificates("participants.ca_file", path)?
+        .iter()
+        .map(|der| {
+            reqwest::Certificate::from_der(der).map_err(|e| {
+                anyhow::anyhow!(
+                    "participants.ca_file: a certificate in {} is unusable: {e}",
+                    path.display()
+                )
+            })
+        })
+        .collect()
+}
+
+/// The PEM certificates in `path`, at least one, or why not (naming `setting`).
+fn certificates(setting: &str, path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .and_then(|iter| iter.collect::<Result<_, _>>())
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "{setting}: cannot read PEM certificates from {}: {e}",
+                path.display()
+            )
+        })?;
+    anyhow::ensure!(
+        !certs.is_empty(),
+        "{setting}: {} holds no certificate",
+        path.display()
+    );
+    Ok(certs)
 }

@@ -133,29 +133,6 @@ impl Created {
     }
 }
 
-/// The certificates of `participants.ca_file`, trusted for HTTPS participants
-/// besides the system's roots; none without the setting.
-fn extra_roots(ca_file: Option<&std::path::Path>) -> anyhow::Result<Vec<reqwest::Certificate>> {
-    let Some(path) = ca_file else {
-        return Ok(Vec::new());
-    };
-    let pem = std::fs::read(path).map_err(|e| {
-        anyhow::anyhow!("participants.ca_file: cannot read {}: {e}", path.display())
-    })?;
-    let roots = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-        anyhow::anyhow!(
-            "participants.ca_file: {} is not PEM certificates: {e}",
-            path.display()
-        )
-    })?;
-    anyhow::ensure!(
-        !roots.is_empty(),
-        "participants.ca_file: {} holds no certificate",
-        path.display()
-    );
-    Ok(roots)
-}
-
 impl Driver {
     /// Must be called on the runtime that should run the saga tasks.
     pub fn new(
@@ -165,7 +142,7 @@ impl Driver {
         settings: Settings,
     ) -> anyhow::Result<Arc<Driver>> {
         let mut http = reqwest::Client::builder();
-        for root in extra_roots(settings.participants.ca_file.as_deref())? {
+        for root in crate::tls::participant_roots(settings.participants.ca_file.as_deref())? {
             http = http.add_root_certificate(root);
         }
         let http = http
