@@ -163,7 +163,7 @@ impl AllowList {
     }
 
     /// Whether `url` may be called; the error says why not.
-    pub fn check(&self, url: &reqwest::Url) -> Result<(), String> {
+    pub fn check(&self, url: &url::Url) -> Result<(), String> {
         if !self.schemes.iter().any(|s| s == url.scheme()) {
             return Err(format!(
                 "the scheme {} is not allowed (participants.allowed_schemes: {})",
@@ -229,7 +229,7 @@ mod tests {
     }
 
     fn verdict(list: &AllowList, url: &str) -> Result<(), String> {
-        list.check(&reqwest::Url::parse(url).unwrap())
+        list.check(&url::Url::parse(url).unwrap())
     }
 
     #[test]

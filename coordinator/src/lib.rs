@@ -10,6 +10,7 @@ pub mod http;
 pub mod lock;
 pub mod machine;
 pub mod metrics;
+pub mod outbound;
 pub mod settings;
 pub mod specs;
 pub mod store;

@@ -1,6 +1,7 @@
 //! TLS files read once at start-up, with errors that name the setting and the
 //! file: the listener's certificate chain and key (rustls with the ring
-//! provider), and the extra roots trusted for HTTPS participants.
+//! provider), and the roots trusted for HTTPS participants (the system's and
+//! `participants.ca_file`).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -34,23 +35,34 @@ pub fn server_config(files: &TlsFiles) -> anyhow::Result<rustls::ServerConfig> {
         })
 }
 
-/// The certificates of `participants.ca_file`, trusted for HTTPS participants
-/// besides the system's roots; none without the setting.
-pub fn participant_roots(ca_file: Option<&Path>) -> anyhow::Result<Vec<reqwest::Certificate>> {
-    let Some(path) = ca_file else {
-        return Ok(Vec::new());
-    };
-    certificates("participants.ca_file", path)?
-        .iter()
-        .map(|der| {
-            reqwest::Certificate::from_der(der).map_err(|e| {
+/// The client configuration for outgoing HTTPS (participants, the webhook): the
+/// system's roots, as far as they parse, and the certificates of
+/// `participants.ca_file` besides, which must all be usable.
+pub fn participant_client_config(ca_file: Option<&Path>) -> anyhow::Result<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+    if let Some(path) = ca_file {
+        for der in certificates("participants.ca_file", path)? {
+            roots.add(der).map_err(|e| {
                 anyhow::anyhow!(
                     "participants.ca_file: a certificate in {} is unusable: {e}",
                     path.display()
                 )
-            })
-        })
-        .collect()
+            })?;
+        }
+    }
+    if roots.is_empty() {
+        tracing::warn!(
+            "no trusted root certificates (none on the system, no participants.ca_file): \
+             HTTPS participants cannot be called"
+        );
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| anyhow::anyhow!("TLS protocol versions: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 /// The PEM certificates in `path`, at least one, or why not (naming `setting`).

@@ -13,17 +13,20 @@ use tokio_util::sync::CancellationToken;
 
 use crate::machine::retry::RetryPolicy;
 use crate::metrics::Metrics;
+use crate::outbound::{Failure, Outbound};
 use crate::settings::WebhookSettings;
 use crate::store::outbox;
 
 /// Notifications sent per claim.
 const CLAIM_BATCH: i64 = 32;
+/// The most of a receiver's answer that is read (and then ignored).
+const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 /// The first pause after a failed delivery; doubled per attempt up to `max_backoff`.
 const INITIAL_BACKOFF: Duration = Duration::from_millis(500);
 
 pub struct Deliverer {
     pub pool: Pool,
-    pub http: reqwest::Client,
+    pub http: Outbound,
     pub settings: WebhookSettings,
     pub metrics: Arc<Metrics>,
 }
@@ -63,23 +66,29 @@ impl Deliverer {
     #[tracing::instrument(skip_all, fields(notification = n.id, attempt = n.attempts))]
     async fn deliver(&self, url: &str, n: outbox::Claimed) {
         let body = serde_json::to_vec(&n.payload).unwrap_or_default();
-        let mut request = self
+        let signed = self.settings.secret.as_ref().map(|secret| {
+            signature::sign(secret.expose().as_bytes(), signature::now_unix(), &body)
+        });
+        let headers: Vec<(&str, &str)> = signed
+            .iter()
+            .map(|signed| (SIGNATURE_HEADER, signed.as_str()))
+            .collect();
+        let answer = self
             .http
-            .post(url)
-            .timeout(self.settings.timeout)
-            .header(reqwest::header::CONTENT_TYPE, "application/json");
-        if let Some(secret) = &self.settings.secret {
-            request = request.header(
-                SIGNATURE_HEADER,
-                signature::sign(secret.expose().as_bytes(), signature::now_unix(), &body),
-            );
-        }
-        let error = match request.body(body).send().await {
-            Ok(response) if response.status().is_success() => None,
-            Ok(response) => Some(format!("status {}", response.status().as_u16())),
-            Err(e) if e.is_timeout() => Some("timed out".to_string()),
-            Err(e) if e.is_connect() => Some("connection failed".to_string()),
-            Err(_) => Some("request failed".to_string()),
+            .post(
+                url,
+                &headers,
+                body.into(),
+                self.settings.timeout,
+                MAX_RESPONSE_BYTES,
+            )
+            .await;
+        let error = match answer {
+            Ok(answer) if (200..300).contains(&answer.status) => None,
+            // A receiver that took the notification and said too much about it.
+            Err(Failure::BodyTooLarge { status, .. }) if (200..300).contains(&status) => None,
+            Ok(answer) => Some(format!("status {}", answer.status)),
+            Err(failure) => Some(failure.to_string()),
         };
         let stored = match &error {
             None => {

@@ -209,14 +209,14 @@ pub fn check_url(field: &str, url: &str) -> Result<(), Invalid> {
 }
 
 /// [`check_url`], handing back the URL parsed (once: a 2PC start checks six).
-fn participant_url(field: &str, url: &str) -> Result<reqwest::Url, Invalid> {
+fn participant_url(field: &str, url: &str) -> Result<url::Url, Invalid> {
     if url.len() > MAX_URL_LEN {
         return Err(Invalid::new(
             field,
             format!("must be at most {MAX_URL_LEN} characters"),
         ));
     }
-    let parsed = reqwest::Url::parse(url)
+    let parsed = url::Url::parse(url)
         .map_err(|e| Invalid::new(field, format!("'{}' is not a URL: {e}", truncate(url, 200))))?;
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err(Invalid::new(

@@ -12,6 +12,7 @@ use settle_participant::signature;
 use super::workflow::Outgoing;
 use crate::machine::Outcome;
 use crate::metrics::status_class;
+use crate::outbound::{Answer, Outbound};
 use crate::settings::Secret;
 use crate::telemetry::TraceContext;
 
@@ -31,7 +32,7 @@ const MAX_ERROR_TEXT: usize = 500;
 /// Sends one call in the transaction's trace: `traceparent` with the trace's id and
 /// a new span id per call, and the caller's `tracestate` when it gave one.
 pub async fn post(
-    http: &reqwest::Client,
+    http: &Outbound,
     out: &Outgoing,
     trace: &TraceContext,
     secrets: &[Secret],
@@ -63,50 +64,46 @@ pub async fn post(
 }
 
 async fn send(
-    http: &reqwest::Client,
+    http: &Outbound,
     out: &Outgoing,
     trace: &TraceContext,
     secrets: &[Secret],
     max_response_bytes: usize,
 ) -> Result<(Outcome, Option<u16>), String> {
-    let mut builder = http
-        .post(&out.url)
-        .timeout(out.timeout)
-        .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .header(IDEMPOTENCY_KEY_HEADER, &out.idempotency_key)
-        .header(TRACEPARENT_HEADER, trace.child());
+    let traceparent = trace.child();
+    let signed = (!secrets.is_empty()).then(|| {
+        signature::sign_with_all(
+            &secrets
+                .iter()
+                .map(|s| s.expose().as_bytes())
+                .collect::<Vec<_>>(),
+            signature::now_unix(),
+            &out.body,
+        )
+    });
+    let mut headers = vec![
+        (IDEMPOTENCY_KEY_HEADER, out.idempotency_key.as_str()),
+        (TRACEPARENT_HEADER, traceparent.as_str()),
+    ];
     if let Some(state) = &trace.tracestate {
-        builder = builder.header(TRACESTATE_HEADER, state);
+        headers.push((TRACESTATE_HEADER, state));
     }
-    if !secrets.is_empty() {
-        let now = signature::now_unix();
-        builder = builder.header(
-            SIGNATURE_HEADER,
-            signature::sign_with_all(
-                &secrets
-                    .iter()
-                    .map(|s| s.expose().as_bytes())
-                    .collect::<Vec<_>>(),
-                now,
-                &out.body,
-            ),
-        );
+    if let Some(signed) = &signed {
+        headers.push((SIGNATURE_HEADER, signed));
     }
-    let mut response = builder
-        .body(out.body.clone())
-        .send()
+    let Answer {
+        status,
+        body: bytes,
+    } = http
+        .post(
+            &out.url,
+            &headers,
+            out.body.clone(),
+            out.timeout,
+            max_response_bytes,
+        )
         .await
-        .map_err(describe)?;
-    let status = response.status().as_u16();
-    let mut bytes = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(describe)? {
-        if bytes.len() + chunk.len() > max_response_bytes {
-            return Err(format!(
-                "status {status}: response body exceeds {max_response_bytes} bytes"
-            ));
-        }
-        bytes.extend_from_slice(&chunk);
-    }
+        .map_err(|failure| failure.to_string())?;
     let outcome = match (out.classify)(status) {
         StatusMeaning::Done => Outcome::Done(output(&bytes)),
         StatusMeaning::Refused => Outcome::Refused {
@@ -147,21 +144,6 @@ fn error_text(status: u16, bytes: &[u8]) -> String {
         text = format!("status {status}: {text}");
     }
     text
-}
-
-/// Transport errors in words an operator can act on, without internal detail.
-fn describe(e: reqwest::Error) -> String {
-    if e.is_timeout() {
-        "timed out".to_string()
-    } else if e.is_connect() {
-        "connection failed".to_string()
-    } else if e.is_redirect() {
-        "redirect refused".to_string()
-    } else if e.is_body() || e.is_decode() {
-        "response body broken off".to_string()
-    } else {
-        "request failed".to_string()
-    }
 }
 
 #[cfg(test)]

@@ -5,7 +5,6 @@
 mod call;
 mod operator;
 mod recovery;
-mod resolver;
 mod retention;
 mod run;
 mod twopc;
@@ -29,6 +28,7 @@ use crate::lock::{Locks, Token};
 use crate::machine::saga::Saga;
 use crate::machine::Clock;
 use crate::metrics::{self, Metrics};
+use crate::outbound::Outbound;
 use crate::settings::Settings;
 use crate::specs::{self, Specs};
 use crate::store::{
@@ -76,7 +76,7 @@ pub struct Driver {
     pool: Pool,
     locks: Arc<Locks>,
     specs: Arc<Specs>,
-    http: reqwest::Client,
+    http: Outbound,
     /// Secrets every participant call is signed with: the current one, then the one being retired.
     signing_secrets: Arc<[crate::settings::Secret]>,
     settings: Settings,
@@ -141,19 +141,10 @@ impl Driver {
         specs: Arc<Specs>,
         settings: Settings,
     ) -> anyhow::Result<Arc<Driver>> {
-        let mut http = reqwest::Client::builder();
-        for root in crate::tls::participant_roots(settings.participants.ca_file.as_deref())? {
-            http = http.add_root_certificate(root);
-        }
-        let http = http
-            .redirect(reqwest::redirect::Policy::none())
-            .dns_resolver(Arc::new(resolver::GuardedResolver))
-            .pool_max_idle_per_host(settings.participants.pool_idle_per_host)
-            .pool_idle_timeout(Duration::from_secs(60))
-            .tcp_nodelay(true)
-            .user_agent(concat!("settle/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| anyhow::anyhow!("building the participant HTTP client: {e}"))?;
+        let http = Outbound::new(
+            settings.participants.ca_file.as_deref(),
+            settings.participants.pool_idle_per_host,
+        )?;
         let metrics = Arc::new(Metrics::new());
         let writer = writer::Writer::start(
             writer::StateWrites {

@@ -48,7 +48,7 @@ pub(super) struct Step<C> {
 pub(super) struct Outgoing {
     pub url: String,
     pub timeout: Duration,
-    pub body: Vec<u8>,
+    pub body: bytes::Bytes,
     pub idempotency_key: String,
     pub label: String,
     pub phase: &'static str,
@@ -162,7 +162,7 @@ impl Workflow for SagaRun {
         Some(Outgoing {
             url: endpoint.url.clone(),
             timeout: Duration::from_millis(endpoint.timeout_ms),
-            body: serde_json::to_vec(&request).ok()?,
+            body: serde_json::to_vec(&request).ok()?.into(),
             idempotency_key: request.idempotency_key(),
             label: step.clone(),
             phase: phase.as_str(),
@@ -243,7 +243,7 @@ impl Workflow for TxRun {
         Some(Outgoing {
             url,
             timeout: Duration::from_millis(self.tx.call_timeout_ms),
-            body: serde_json::to_vec(&request).ok()?,
+            body: serde_json::to_vec(&request).ok()?.into(),
             idempotency_key: request.idempotency_key(),
             label: branch.name.clone(),
             phase: phase.as_str(),
