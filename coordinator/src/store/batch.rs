@@ -7,10 +7,10 @@
 use deadpool_postgres::ClientWrapper;
 use serde::Serialize;
 use serde_json::value::RawValue;
-use tokio_postgres::types::Json;
 use tokio_postgres::Statement;
 use uuid::Uuid;
 
+use super::json_text::JsonText;
 use super::transactions::{EventRecord, TransactionRow, Written};
 use super::Result;
 use crate::machine::Millis;
@@ -150,8 +150,9 @@ pub async fn write(
         })
         .collect();
     // Serialized straight from the writes: no intermediate JSON tree.
+    let (states, events) = (JsonText::of(&states)?, JsonText::of(&events)?);
     let rows = client
-        .query(statement, &[&Json(&states), &Json(&events), &stuck_webhook])
+        .query(statement, &[&states, &events, &stuck_webhook])
         .await?;
     let mut landed: std::collections::HashMap<Uuid, (bool, Option<Box<TransactionRow>>)> = rows
         .iter()

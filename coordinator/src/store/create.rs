@@ -4,10 +4,10 @@
 
 use std::time::SystemTime;
 
+use super::json_text::JsonText;
 use deadpool_postgres::ClientWrapper;
 use serde::Serialize;
 use serde_json::value::RawValue;
-use tokio_postgres::types::Json;
 use tokio_postgres::Statement;
 use uuid::Uuid;
 
@@ -125,7 +125,7 @@ pub async fn create(
     rows: &[&NewRow],
 ) -> Result<Vec<Inserted>> {
     let created: std::collections::HashMap<Uuid, (i64, SystemTime)> = client
-        .query(statement, &[&Json(rows), &owner])
+        .query(statement, &[&JsonText::of(rows)?, &owner])
         .await?
         .iter()
         .map(|r| (r.get(0), (r.get(1), r.get(2))))

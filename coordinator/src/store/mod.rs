@@ -5,6 +5,7 @@ pub mod admin;
 pub mod batch;
 pub mod create;
 pub mod definitions;
+pub mod json_text;
 pub mod migrate;
 pub mod outbox;
 pub mod retention;
