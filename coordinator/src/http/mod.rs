@@ -55,9 +55,15 @@ pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceCon
             .route("/openapi.json", web::get().to(openapi::document))
             .route("/ui", web::get().to(ui::redirect))
             .route("/ui/", web::get().to(ui::index))
-            .route("/ui/assets/{name}", web::get().to(ui::asset))
             .service(
+                // Routes are tried in order, and each one with a {parameter} costs a
+                // regex match: the starts and reads of every workflow come first.
                 web::scope("/v1")
+                    .route("/sagas", web::post().to(sagas::start))
+                    .route("/sagas/{id}", web::get().to(sagas::get))
+                    .route("/sagas/{id}/cancel", web::post().to(sagas::cancel))
+                    .route("/transactions", web::post().to(transactions::start))
+                    .route("/transactions/{id}", web::get().to(transactions::get))
                     .route("/saga-definitions", web::get().to(definitions::list))
                     .route(
                         "/saga-definitions/{name}",
@@ -75,11 +81,6 @@ pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceCon
                         "/saga-definitions/{name}/versions/{version}",
                         web::get().to(definitions::version),
                     )
-                    .route("/sagas", web::post().to(sagas::start))
-                    .route("/sagas/{id}", web::get().to(sagas::get))
-                    .route("/sagas/{id}/cancel", web::post().to(sagas::cancel))
-                    .route("/transactions", web::post().to(transactions::start))
-                    .route("/transactions/{id}", web::get().to(transactions::get))
                     .route(
                         "/transactions/{id}/branches",
                         web::post().to(transactions::register_branch),
@@ -103,6 +104,7 @@ pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceCon
                         web::post().to(admin::act),
                     ),
             )
+            .route("/ui/assets/{name}", web::get().to(ui::asset))
             .default_service(web::to(not_found));
     }
 }
