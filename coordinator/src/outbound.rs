@@ -195,9 +195,117 @@ impl tower_service::Service<Name> for GuardedResolver {
 mod tests {
     use std::str::FromStr;
 
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
     use tower_service::Service;
 
     use super::*;
+
+    /// A real HTTP/1.1 server on loopback that answers each request by its path
+    /// with canned bytes, and hands every request it read to the test.
+    async fn canned_server() -> (String, tokio::sync::mpsc::UnboundedReceiver<String>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (seen, requests) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut socket, _)) = listener.accept().await else {
+                    return;
+                };
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let mut request = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !String::from_utf8_lossy(&request).contains("\r\n\r\n{}") {
+                        match socket.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => request.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let request = String::from_utf8_lossy(&request).into_owned();
+                    let path = request.split(' ').nth(1).unwrap_or("").to_string();
+                    let _ = seen.send(request);
+                    let answer: &[u8] = match path.as_str() {
+                        "/ok" => b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 11\r\n\r\n{\"done\":1}\n",
+                        "/big" => b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 64\r\n\r\n0123456789012345678901234567890123456789012345678901234567890123",
+                        "/broken" => b"HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\ncontent-length: 100\r\n\r\nabc",
+                        _ => {
+                            // "/slow": never answers.
+                            tokio::time::sleep(Duration::from_secs(30)).await;
+                            return;
+                        }
+                    };
+                    let _ = socket.write_all(answer).await;
+                    // "/broken" ends here, 97 bytes short; the others are whole.
+                });
+            }
+        });
+        (base, requests)
+    }
+
+    #[tokio::test]
+    async fn a_post_carries_its_headers_and_each_failure_has_its_words() {
+        let (base, mut requests) = canned_server().await;
+        let out = Outbound::new(None, 4).unwrap();
+        let post = |path: &str, max: usize, timeout_ms: u64| {
+            let out = out.clone();
+            let url = format!("{base}{path}");
+            async move {
+                out.post(
+                    &url,
+                    &[("Idempotency-Key", "t:a:action")],
+                    Bytes::from_static(b"{}"),
+                    Duration::from_millis(timeout_ms),
+                    max,
+                )
+                .await
+            }
+        };
+
+        let answer = post("/ok", 1024, 5_000).await.unwrap();
+        assert_eq!(
+            (answer.status, &answer.body[..]),
+            (200, &b"{\"done\":1}\n"[..])
+        );
+        let request = requests.recv().await.unwrap().to_ascii_lowercase();
+        for line in [
+            "post /ok http/1.1",
+            "idempotency-key: t:a:action",
+            "content-type: application/json",
+            "content-length: 2",
+            "user-agent: settle/",
+        ] {
+            assert!(request.contains(line), "{line} missing from {request}");
+        }
+
+        assert_eq!(
+            post("/big", 10, 5_000).await.unwrap_err(),
+            Failure::BodyTooLarge {
+                status: 200,
+                limit: 10
+            }
+        );
+        assert_eq!(
+            post("/broken", 1024, 5_000).await.unwrap_err(),
+            Failure::BodyBrokenOff
+        );
+        assert_eq!(
+            post("/slow", 1024, 200).await.unwrap_err(),
+            Failure::TimedOut
+        );
+        assert_eq!(Failure::TimedOut.to_string(), "timed out");
+
+        // A port nothing listens on.
+        let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", closed.local_addr().unwrap());
+        drop(closed);
+        let refused = out
+            .post(&url, &[], Bytes::new(), Duration::from_secs(5), 1024)
+            .await
+            .unwrap_err();
+        assert_eq!(refused, Failure::ConnectFailed);
+        assert_eq!(refused.to_string(), "connection failed");
+    }
 
     #[tokio::test]
     async fn names_never_resolve_to_metadata_addresses() {
