@@ -154,23 +154,28 @@ pub async fn write(
     let rows = client
         .query(statement, &[&states, &events, &stuck_webhook])
         .await?;
-    let mut landed: std::collections::HashMap<Uuid, (bool, Option<Box<TransactionRow>>)> = rows
+    // Sorted by id and searched, rather than hashed: a batch holds at most a few
+    // hundred rows, and SipHashing each id cost more than the search.
+    let mut landed: Vec<(Uuid, bool, Option<Box<TransactionRow>>)> = rows
         .iter()
         .map(|r| {
             let finished = r
                 .get::<_, bool>("finished")
                 .then(|| Box::new(TransactionRow::from_row(r)));
-            (r.get("id"), (r.get("cancel_requested"), finished))
+            (r.get("id"), r.get("cancel_requested"), finished)
         })
         .collect();
+    landed.sort_unstable_by_key(|(id, ..)| *id);
     Ok(writes
         .iter()
-        .map(|w| match landed.get_mut(&w.id) {
-            Some((cancel_requested, finished)) => Written::Ok {
-                cancel_requested: *cancel_requested,
-                finished: finished.take(),
+        .map(
+            |w| match landed.binary_search_by_key(&w.id, |(id, ..)| *id) {
+                Ok(at) => Written::Ok {
+                    cancel_requested: landed[at].1,
+                    finished: landed[at].2.take(),
+                },
+                Err(_) => Written::OwnershipLost,
             },
-            None => Written::OwnershipLost,
-        })
+        )
         .collect())
 }
