@@ -6,7 +6,8 @@
 #      settle-bench runs N sagas against instant participants from C clients. The
 #      ratio is taken per round and the median round is reported: on a shared
 #      machine one binary's throughput varies by 20 % from run to run;
-#   2. pgbench at 1 client for 5 s;
+#   2. pgbench at 1 client for 5 s, then Settle's own statements for a saga under
+#      pgbench at 1 client (settle-bench --pgbench-script), on Settle's schema;
 #   3. settle-bench runs the same load again after loading 1,000,000 finished sagas;
 #   4. settle-bench runs 1 client with --per-step-overhead;
 #   5. settle-bench runs N one-shot 2PC transactions (two branches) from C clients;
@@ -41,7 +42,8 @@ if ! command -v pgbench >/dev/null || ! command -v psql >/dev/null; then
 else
   db="settle_pgbench_$$"
   psql "${pg[@]}" -qc "CREATE DATABASE $db"
-  trap 'psql "${pg[@]}" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)"' EXIT
+  own_db="settle_statements_$$"
+  trap 'psql "${pg[@]}" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "DROP DATABASE IF EXISTS $own_db WITH (FORCE)"' EXIT
   psql "${pg[@]}" -d "$db" -q -v ON_ERROR_STOP=1 -f bench/schema.sql
 fi
 
@@ -71,13 +73,25 @@ read -r ratio throughput ceiling median_round <<<"$median"
 [ "$ceiling" = "-" ] && ceiling=""
 cp "$out/settle-$clients-$median_round.txt" "$out/settle-$clients.txt"
 [ -n "$have_pgbench" ] && cp "$out/pgbench-$clients-$median_round.txt" "$out/pgbench-$clients.txt"
-ceiling_lat="" one_lat=""
+ceiling_lat="" one_lat="" own_lat=""
 if [ -n "$have_pgbench" ]; then
   ceiling_lat=$(awk '/^latency average/ { print $4 }' "$out/pgbench-$clients.txt")
   echo "bench: pgbench, 1 client, 5 s" >&2
   pgbench "${pg[@]}" -n -M prepared -c 1 -T 5 -f bench/saga_writes.sql "$db" \
     >"$out/pgbench-1.txt" 2>&1 || { cat "$out/pgbench-1.txt" >&2; exit 1; }
   one_lat=$(awk '/^latency average/ { print $4 }' "$out/pgbench-1.txt")
+  # The same at 1 client with Settle's own statements for a saga (settle-bench
+  # --pgbench-script: the creation batch and three write batches of one, with their
+  # events) on Settle's schema: what Postgres alone spends, without HTTP or the coordinator.
+  echo "bench: Settle's statements under pgbench, 1 client, 5 s" >&2
+  psql "${pg[@]}" -qc "CREATE DATABASE $own_db"
+  SETTLE__DATABASE__URL="postgres://postgres@127.0.0.1:5432/$own_db" target/release/settle-under-test migrate \
+    >"$out/migrate.txt" 2>&1 || { cat "$out/migrate.txt" >&2; exit 1; }
+  psql "${pg[@]}" -d "$own_db" -qc "INSERT INTO saga_definitions (name, version, spec, digest) VALUES ('bench', 1, '{}', 'bench')"
+  target/release/settle-bench --pgbench-script >"$out/settle-statements.sql"
+  pgbench "${pg[@]}" -n -M prepared -c 1 -T 5 -f "$out/settle-statements.sql" "$own_db" \
+    >"$out/pgbench-settle-statements-1.txt" 2>&1 || { cat "$out/pgbench-settle-statements-1.txt" >&2; exit 1; }
+  own_lat=$(awk '/^latency average/ { print $4 }' "$out/pgbench-settle-statements-1.txt")
 fi
 
 checkpoint
@@ -132,6 +146,7 @@ echo "| Settle, 1 client, 1000 sagas | p50 $(field p50 <<<"$one") ms, p99 $(fiel
 echo "| added latency per step, 1 client | $added ms (participant round trip p50 $rtt ms subtracted) |"
 if [ -n "$one_lat" ]; then
   echo "| pgbench, 1 client: 4 commits in a row | $one_lat ms average ($(awk -v l="$one_lat" 'BEGIN { printf "%.2f", l / 4 }') ms per commit) |"
+  echo "| pgbench, 1 client: Settle's own 4 statements for a saga, on its schema (no HTTP, no coordinator) | $own_lat ms average ($(awk -v o="$own_lat" -v l="$one_lat" 'BEGIN { printf "%+.2f", (o - l) / 3 }') ms per step against the 4 plain commits) |"
 fi
 echo "| Settle 2PC, one-shot, 2 branches (prepare, commit), $clients clients, $sagas transactions | $(field throughput <<<"$twopc_line") transactions/s, p50 $(field p50 <<<"$twopc_line") ms, p99 $(field p99 <<<"$twopc_line") ms |"
 if [ -n "$instructions" ]; then

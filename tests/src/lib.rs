@@ -6,6 +6,7 @@ pub mod coordinator;
 pub mod db;
 pub mod instant;
 pub mod pg_cluster;
+pub mod pgbench_script;
 pub mod proxy;
 pub mod redis_server;
 pub mod scripted;

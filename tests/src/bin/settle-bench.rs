@@ -9,6 +9,9 @@
 //! says how to read them.
 //!
 //! `cargo run --release -p settle-tests --bin settle-bench -- --sagas 5000 --clients 32`
+//!
+//! `settle-bench --pgbench-script` prints Settle's own statements for one saga as a
+//! pgbench script instead (`settle_tests::pgbench_script`).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -25,7 +28,7 @@ use settle_tests::db::TestDatabase;
 
 const USAGE: &str = "usage: settle-bench [--sagas N] [--clients C] [--warmup N] \
 [--participants instant|example] [--coordinator in-process|process] [--twopc] \
-[--per-step-overhead] [--rss] [--history N] [--redis URL] [--callgrind FILE]";
+[--per-step-overhead] [--rss] [--history N] [--redis URL] [--callgrind FILE]\n       settle-bench --pgbench-script   (prints Settle's own statements as a pgbench script)";
 
 /// How long a client lets the coordinator hold a `?wait=` request.
 const WAIT: Duration = Duration::from_secs(30);
@@ -497,6 +500,10 @@ enum Participants {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    if std::env::args().nth(1).as_deref() == Some("--pgbench-script") {
+        print!("{}", settle_tests::pgbench_script::settle_statements());
+        return Ok(());
+    }
     let args = match parse_args() {
         Ok(args) => args,
         Err(message) => {
