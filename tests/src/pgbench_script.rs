@@ -13,6 +13,8 @@ const ID: &str = "lpad(to_hex(:n::bigint), 32, '0')";
 /// Far enough ahead that no timer is ever due.
 const LATER_MS: &str = "4102444800000";
 const INPUT: &str = r#"{"sku": "widget", "quantity": 1, "amount": 10, "customer": "bench"}"#;
+/// The saga's three steps, in order.
+const STEPS: [&str; 3] = ["a", "b", "c"];
 
 /// The definition the script's sagas name: insert it (version 1) before running.
 pub const DEFINITION: &str = "bench";
@@ -21,7 +23,6 @@ pub const DEFINITION: &str = "bench";
 /// JSON here has a space after each colon, and the webhook's time format is
 /// spelled `HH24":"MI":"SS` (the same output as `HH24:MI:SS`).
 pub fn settle_statements() -> String {
-    let steps = ["a", "b", "c"];
     let mut script = String::from("\\set n random(1, 9000000000000000)\n");
     let creation = format!(
         "jsonb_build_array(jsonb_build_object('id', {ID}, 'kind', 'saga', 'definition', '{DEFINITION}', \
@@ -38,9 +39,9 @@ pub fn settle_statements() -> String {
             .as_str(),
     );
     script.push_str("\n\\gset\n");
-    for (done, step) in steps.iter().enumerate() {
-        let last = done + 1 == steps.len();
-        let next_event = match steps.get(done + 1) {
+    for (done, step) in STEPS.iter().enumerate() {
+        let last = done + 1 == STEPS.len();
+        let next_event = match STEPS.get(done + 1) {
             Some(next) => event("step_started", next),
             None => event("completed", ""),
         };
@@ -71,7 +72,7 @@ pub fn settle_statements() -> String {
 
 /// A saga's progress with `done` of its three steps succeeded and the next under way.
 fn progress(done: usize) -> String {
-    let steps: Vec<String> = ["a", "b", "c"]
+    let steps: Vec<String> = STEPS
         .iter()
         .enumerate()
         .map(|(i, name)| match i.cmp(&done) {

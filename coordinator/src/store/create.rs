@@ -4,13 +4,13 @@
 
 use std::time::SystemTime;
 
-use super::json_text::JsonText;
 use deadpool_postgres::ClientWrapper;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio_postgres::Statement;
 use uuid::Uuid;
 
+use super::json_text::JsonText;
 use super::transactions::TransactionRow;
 use super::Result;
 use crate::machine::Millis;
