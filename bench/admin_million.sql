@@ -131,10 +131,15 @@ WITH x AS (
              actor text, traceparent text, tracestate text)),
 t AS (
     INSERT INTO transactions (id, kind, definition, version, state, input, progress, idempotency_key,
-        request_digest, deadline, next_attempt_at, owner, lease_until, fence, traceparent, tracestate)
+        request_digest, deadline, next_attempt_at, owner, lease_until, fence, traceparent, tracestate,
+        search_terms)
     SELECT x.id, x.kind, x.definition, x.version, x.state, x.input, x.progress, x.idempotency_key,
            x.request_digest, to_timestamp(x.deadline_ms / 1000.0), to_timestamp(x.next_ms / 1000.0), $2,
-           now() + (x.lease_ms * interval '1 millisecond'), nextval('settle_fence'), x.traceparent, x.tracestate
+           now() + (x.lease_ms * interval '1 millisecond'), nextval('settle_fence'), x.traceparent, x.tracestate,
+           CASE WHEN x.kind = 'saga'
+                THEN coalesce((SELECT d.search_terms FROM saga_definitions d
+                                WHERE d.name = x.definition AND d.version = x.version), '{}')
+                ELSE coalesce(settle_branch_terms(x.progress), '{}') END
       FROM x
      WHERE x.kind <> 'saga' OR NOT EXISTS (
            SELECT 1 FROM saga_definitions d WHERE d.name = x.definition AND d.version > x.version)

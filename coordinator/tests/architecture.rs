@@ -75,7 +75,7 @@ fn every_state_write_is_fenced() {
         let code = code_of(&file);
         // Each UPDATE of transactions that writes the state or progress must match the fence.
         for statement in code.split("UPDATE transactions").skip(1) {
-            let statement: String = statement.chars().take(600).collect();
+            let statement: String = statement.chars().take(1000).collect();
             let end = statement
                 .find("RETURNING")
                 .or_else(|| statement.find('"'))

@@ -286,12 +286,16 @@ pub async fn pause(pool: &Pool, id: Uuid, fence: i64, event: &EventRecord) -> Re
     Ok(n == 1)
 }
 
-/// Appends one event to a transaction's timeline (no state changes with it).
+/// Appends one event to a transaction's timeline (no state changes with it). The
+/// transaction's row is locked while the event is added: an event never outlives
+/// its transaction (events carry no foreign key; see `retention::purge`), and one
+/// for a transaction that is gone is not added.
 pub async fn record_event(pool: &Pool, id: Uuid, event: &EventRecord) -> Result<()> {
     let client = pool.get().await?;
     client
         .execute(
-            "INSERT INTO events (transaction_id, kind, step, actor, detail) VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO events (transaction_id, kind, step, actor, detail)
+             SELECT id, $2, $3, $4, $5 FROM transactions WHERE id = $1 FOR KEY SHARE",
             &[&id, &event.kind, &event.step, &event.actor, &event.detail],
         )
         .await?;

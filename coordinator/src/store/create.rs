@@ -90,6 +90,8 @@ pub enum Inserted {
 /// the same keys wait for each other instead of deadlocking. A saga row is
 /// inserted only when no newer version of its definition exists; the statement's
 /// snapshot decides, exactly as a read of `max(version)` just before would.
+/// Its search terms (the operators' filters by step and URL) are its definition
+/// version's, or for a 2PC transaction those of the branches it starts with.
 pub const CREATE_BATCH: &str = "
 WITH x AS (
     SELECT * FROM jsonb_to_recordset($1::jsonb)
@@ -98,10 +100,15 @@ WITH x AS (
              actor text, traceparent text, tracestate text)),
 t AS (
     INSERT INTO transactions (id, kind, definition, version, state, input, progress, idempotency_key,
-        request_digest, deadline, next_attempt_at, owner, lease_until, fence, traceparent, tracestate)
+        request_digest, deadline, next_attempt_at, owner, lease_until, fence, traceparent, tracestate,
+        search_terms)
     SELECT x.id, x.kind, x.definition, x.version, x.state, x.input, x.progress, x.idempotency_key,
            x.request_digest, to_timestamp(x.deadline_ms / 1000.0), to_timestamp(x.next_ms / 1000.0), $2,
-           now() + (x.lease_ms * interval '1 millisecond'), nextval('settle_fence'), x.traceparent, x.tracestate
+           now() + (x.lease_ms * interval '1 millisecond'), nextval('settle_fence'), x.traceparent, x.tracestate,
+           CASE WHEN x.kind = 'saga'
+                THEN coalesce((SELECT d.search_terms FROM saga_definitions d
+                                WHERE d.name = x.definition AND d.version = x.version), '{}')
+                ELSE coalesce(settle_branch_terms(x.progress), '{}') END
       FROM x
      WHERE x.kind <> 'saga' OR NOT EXISTS (
            SELECT 1 FROM saga_definitions d WHERE d.name = x.definition AND d.version > x.version)

@@ -40,6 +40,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "write_replay",
         include_str!("../../../migrations/0007_write_replay.sql"),
     ),
+    (
+        8,
+        "lean_writes",
+        include_str!("../../../migrations/0008_lean_writes.sql"),
+    ),
 ];
 
 /// Arbitrary constant naming Settle's migration lock.

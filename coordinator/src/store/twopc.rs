@@ -140,7 +140,8 @@ pub enum Closed<T> {
 
 /// Closes an active interactive transaction in one database transaction: locks the
 /// row, reads every registered branch, lets `decide` compute the new state, writes
-/// it and takes ownership with a fresh fence. Branch registrations wait on the lock
+/// it and takes ownership with a fresh fence; the branches it closed with become its
+/// search terms (the operators' filters by step and URL). Branch registrations wait on the lock
 /// and then find the transaction no longer active. A transaction started without a
 /// trace context adopts `trace` (the closing request's `traceparent`, `tracestate`).
 pub async fn close<T>(
@@ -188,7 +189,9 @@ pub async fn close<T>(
                        owner = $7, fence = nextval('settle_fence'),
                        lease_until = now() + ($8::bigint * interval '1 millisecond'),
                        tracestate = CASE WHEN traceparent IS NULL THEN $11 ELSE tracestate END,
-                       traceparent = COALESCE(traceparent, $10)
+                       traceparent = COALESCE(traceparent, $10),
+                       search_terms = CASE WHEN $3 <> 'active'
+                                           THEN coalesce(settle_branch_terms($4), '{}') ELSE search_terms END
                  WHERE id = $1 AND fence = $2
                 RETURNING id, fence, traceparent, tracestate),
              e AS (

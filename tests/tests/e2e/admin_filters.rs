@@ -179,6 +179,55 @@ async fn each_list_filter_narrows_the_list() {
     world.stop().await;
 }
 
+/// An interactive transaction learns its branches one by one; the filters find it
+/// by them once it is closed (the close statement sets its search terms).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interactive_transaction_is_found_by_the_branches_it_closed_with() {
+    let world = World::start().await;
+    let client = &world.coordinator.client;
+    let p = &world.participant;
+    let tx = client
+        .create_transaction(&NewTransaction {
+            participants: None,
+            timeout: None,
+        })
+        .await
+        .unwrap();
+    client
+        .register_branch(
+            tx.id,
+            &NewBranch {
+                name: "audit".into(),
+                prepare_url: Some(p.url("/audit/prepare")),
+                commit_url: p.url("/audit/commit"),
+                abort_url: p.url("/audit/abort"),
+                payload: None,
+            },
+        )
+        .await
+        .unwrap();
+    let list = |query: Vec<(&'static str, String)>| async move {
+        let pairs: Vec<(&str, &str)> = query.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        ids(&client.admin_list(&pairs).await.unwrap())
+    };
+    assert!(
+        list(vec![("step", "audit".into())]).await.is_empty(),
+        "an open transaction's branches may still change: it has no terms yet"
+    );
+    client.commit_transaction(tx.id).await.unwrap();
+    let done = client.wait_transaction(tx.id, WAIT).await.unwrap();
+    assert_eq!(done.state, "committed");
+    let only = HashSet::from([tx.id]);
+    assert_eq!(list(vec![("step", "audit".into())]).await, only);
+    assert_eq!(
+        list(vec![("participant", p.url("/audit"))]).await,
+        only,
+        "a path prefix of the branch's URLs"
+    );
+    assert!(list(vec![("step", "ledger".into())]).await.is_empty());
+    world.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_filter_values_get_a_400_naming_the_parameter() {
     let world = World::start().await;

@@ -208,6 +208,23 @@ pub async fn check(world: &World, starts: &[Start]) -> anyhow::Result<Verdict> {
         }
     }
 
+    // Events carry no foreign key (migration 0008): every statement that adds
+    // them must add them for a transaction it has just written or locked.
+    let orphans: i64 = coordinator
+        .query_one(
+            "SELECT count(*) FROM events e
+              WHERE NOT EXISTS (SELECT 1 FROM transactions t WHERE t.id = e.transaction_id)",
+            &[],
+        )
+        .await
+        .context("reading the coordinators' events")?
+        .get(0);
+    if orphans != 0 {
+        verdict.violations.push(format!(
+            "{orphans} timeline events belong to no transaction"
+        ));
+    }
+
     check_orders(world, &known, &mut verdict).await?;
     check_banks(world, &known, &mut verdict).await?;
     Ok(verdict)
