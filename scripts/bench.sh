@@ -12,8 +12,9 @@
 #   4. settle-bench runs 1 client with --per-step-overhead;
 #   5. settle-bench runs N one-shot 2PC transactions (two branches) from C clients;
 #   6. when valgrind is installed, settle-bench --callgrind counts the coordinator's
-#      instructions per saga (1,000 sagas, 8 clients): the one figure that does not
-#      move with the machine's load.
+#      instructions per saga (1,000 sagas, 8 clients), and scripts/pg-instructions.sh
+#      Postgres's for Settle's statements and for the naive four commits: the
+#      figures that do not move with the machine's load.
 # It ends with a markdown table; the full outputs are kept in target/bench/.
 # Usage: scripts/bench.sh [clients] [sagas] [rounds]   (defaults 32, 20000 and 3: shorter runs are dominated by warm-up)
 set -euo pipefail
@@ -22,6 +23,10 @@ clients="${1:-32}"
 sagas="${2:-20000}"
 rounds="${3:-3}"
 pg=(-h 127.0.0.1 -p 5432 -U postgres)
+# pgbench over the transport the coordinator uses: plain TCP on loopback. libpq's
+# default (sslmode=prefer) encrypts when the server offers TLS, as Debian's does,
+# and that costs pgbench about a tenth of its throughput here.
+export PGSSLMODE=disable
 out="target/bench/$(date -u +%Y%m%dT%H%M%SZ)"
 mkdir -p "$out"
 
@@ -109,12 +114,18 @@ target/release/settle-bench --twopc --sagas "$sagas" --clients "$clients" \
   | tee "$out/settle-twopc-$clients.txt" >&2
 
 instructions=""
+pg_instructions=""
 if command -v valgrind >/dev/null && command -v callgrind_control >/dev/null; then
   checkpoint
   echo "bench: settle-bench --callgrind, 8 clients, 1000 sagas" >&2
   target/release/settle-bench --participants instant --sagas 1000 --clients 8 --callgrind "$out/callgrind" \
     | tee "$out/settle-callgrind.txt" >&2
   instructions=$(grep '^instructions' "$out/settle-callgrind.txt" | sed -nE 's/.*per saga=([0-9]+).*/\1/p')
+  if [ -n "$have_pgbench" ]; then
+    echo "bench: scripts/pg-instructions.sh (Postgres under callgrind)" >&2
+    scripts/pg-instructions.sh | tee "$out/pg-instructions.txt" >&2
+    pg_instructions=$(grep '^postgres instructions' "$out/pg-instructions.txt" || true)
+  fi
 else
   echo "bench: valgrind is not installed; SKIPPING the instruction count" >&2
 fi
@@ -151,5 +162,8 @@ fi
 echo "| Settle 2PC, one-shot, 2 branches (prepare, commit), $clients clients, $sagas transactions | $(field throughput <<<"$twopc_line") transactions/s, p50 $(field p50 <<<"$twopc_line") ms, p99 $(field p99 <<<"$twopc_line") ms |"
 if [ -n "$instructions" ]; then
   echo "| coordinator instructions per saga (callgrind, user space, 1000 sagas, 8 clients) | $instructions |"
+fi
+if [ -n "$pg_instructions" ]; then
+  echo "| Postgres instructions per saga, 1 client (scripts/pg-instructions.sh: backend user space) | Settle's statements $(sed -nE 's/.*settle=([0-9]+).*/\1/p' <<<"$pg_instructions"), the naive four commits $(sed -nE 's/.*naive=([0-9]+).*/\1/p' <<<"$pg_instructions") ($(sed -nE 's/.*ratio=([0-9.]+).*/\1/p' <<<"$pg_instructions") ×) |"
 fi
 echo "| peak RSS, bench process (coordinator, clients, participants), $clients clients | $rss MB |"

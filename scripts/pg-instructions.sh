@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Postgres's own work per saga, counted in instructions: the one Postgres figure that
+# does not move with the machine's load (docs/PERFORMANCE.md, "Postgres's share").
+# A throwaway cluster (initdb on a free port, run as the postgres user) is started
+# under `valgrind --tool=callgrind`; pgbench then runs, at 1 client, Settle's own
+# statements for a saga (settle-bench --pgbench-script: the creation batch and three
+# state-write batches of one, on a database migrated by settle-under-test) and the
+# naive four commits (bench/saga_writes.sql). Each is run for 30 and for 130 sagas on
+# a connection of its own, twice; the backend's user-space instructions per saga are
+# the difference of the two counts divided by 100 (start-up, catalog loading and the
+# first plans cancel out), and the second pair is reported (the first sets hint bits
+# in a fresh database's catalogs). The cluster and its directory are removed at the end.
+# Usage: scripts/pg-instructions.sh        (needs valgrind and pgbench; SETTLE_BIN=DIR measures another build)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+for tool in valgrind pgbench psql; do
+  command -v "$tool" >/dev/null || { echo "pg-instructions: $tool is not installed" >&2; exit 1; }
+done
+# SETTLE_BIN: the directory of the settle-bench and settle-under-test to measure
+# (another build's, for a before and after); by default this checkout's, built here.
+bin_dir="${SETTLE_BIN:-target/release}"
+[ -z "${SETTLE_BIN:-}" ] && cargo build --release --locked -p settle-tests --bin settle-bench --bin settle-under-test
+bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n1)
+dir=$(mktemp -d /tmp/settle-pg-instructions.XXXXXX)
+port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+as_pg=()
+[ "$(id -u)" = 0 ] && { chown postgres "$dir"; as_pg=(runuser -u postgres --); }
+pg=(-h 127.0.0.1 -p "$port" -U postgres)
+export PGSSLMODE=disable
+server=""
+cleanup() {
+  if [ -n "$server" ]; then
+    "${as_pg[@]}" "$bin/pg_ctl" -D "$dir/data" -m immediate -w stop >/dev/null 2>&1 || kill "$server" 2>/dev/null || true
+    wait "$server" 2>/dev/null || true
+  fi
+  rm -rf "$dir"
+}
+trap cleanup EXIT
+
+"${as_pg[@]}" "$bin/initdb" -D "$dir/data" -U postgres -A trust >"$dir/initdb.log" 2>&1
+cat >>"$dir/data/postgresql.conf" <<EOF
+port = $port
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '$dir'
+autovacuum = off
+ssl = off
+EOF
+"${as_pg[@]}" valgrind --tool=callgrind --callgrind-out-file="$dir/cg.%p" \
+  "$bin/postgres" -D "$dir/data" >"$dir/server.log" 2>&1 &
+server=$!
+for _ in $(seq 120); do psql "${pg[@]}" -qAtc "SELECT 1" >/dev/null 2>&1 && break; sleep 1; done
+
+psql "${pg[@]}" -qc "CREATE DATABASE settle" -c "CREATE DATABASE naive"
+SETTLE__DATABASE__URL="postgres://postgres@127.0.0.1:$port/settle" "$bin_dir/settle-under-test" migrate \
+  >"$dir/migrate.log" 2>&1 || { cat "$dir/migrate.log" >&2; exit 1; }
+psql "${pg[@]}" -d settle -qc "INSERT INTO saga_definitions (name, version, spec, digest) VALUES ('bench', 1, '{}', 'bench')"
+psql "${pg[@]}" -d naive -q -v ON_ERROR_STOP=1 -f bench/schema.sql
+"$bin_dir/settle-bench" --pgbench-script >"$dir/settle.sql"
+
+# `count SCRIPT DB N` runs N sagas on one connection and prints its backend's
+# instructions. The backend writes its counts as it exits, after pgbench has gone:
+# wait until the postmaster is back to its own processes, then read the largest
+# file that appeared (psql's short sessions write small ones).
+postmaster=$(head -n1 "$dir/data/postmaster.pid")
+settled_children() {
+  local n=""
+  for _ in $(seq 100); do
+    n=$(pgrep -c -P "$postmaster" || true)
+    [ -n "$1" ] && [ "$n" -le "$1" ] && break
+    [ -z "$1" ] && sleep 1 && [ "$(pgrep -c -P "$postmaster" || true)" = "$n" ] && break
+    sleep 0.2
+  done
+  echo "$n"
+}
+count() {
+  local before file ir max=0
+  before=$(ls "$dir"/cg.* 2>/dev/null | sort || true)
+  pgbench "${pg[@]}" -n -M prepared -c 1 -t "$3" -f "$1" "$2" >"$dir/pgbench.log" 2>&1 \
+    || { cat "$dir/pgbench.log" >&2; exit 1; }
+  settled_children "$children" >/dev/null
+  for file in $(comm -13 <(echo "$before") <(ls "$dir"/cg.* | sort)); do
+    ir=$(sed -n 's/^summary: //p' "$file")
+    [ "${ir:-0}" -gt "$max" ] && max=$ir
+  done
+  echo "$max"
+}
+per_saga() {
+  local short long
+  for _ in 1 2; do
+    short=$(count "$1" "$2" 30)
+    long=$(count "$1" "$2" 130)
+  done
+  echo $(( (long - short) / 100 ))
+}
+children=$(settled_children "")
+settle=$(per_saga "$dir/settle.sql" settle)
+naive=$(per_saga bench/saga_writes.sql naive)
+echo "postgres instructions per saga: settle=$settle naive=$naive ratio=$(awk -v s="$settle" -v n="$naive" 'BEGIN { printf "%.2f", s / n }')"
