@@ -274,49 +274,38 @@ async fn compensate_aborts_an_active_two_phase_transaction() {
     let world = World::start().await;
     let client = &world.coordinator.client;
     let p = &world.participant;
-    let tx = client
-        .create_transaction(&NewTransaction {
-            participants: None,
-            timeout: Some("10m".into()),
+    let id = world
+        .open_interactive(&NewBranch {
+            name: "stock".into(),
+            prepare_url: None,
+            commit_url: p.url("/stock/confirm"),
+            abort_url: p.url("/stock/cancel"),
+            payload: None,
         })
-        .await
-        .unwrap();
-    client
-        .register_branch(
-            tx.id,
-            &NewBranch {
-                name: "stock".into(),
-                prepare_url: None,
-                commit_url: p.url("/stock/confirm"),
-                abort_url: p.url("/stock/cancel"),
-                payload: None,
-            },
-        )
-        .await
-        .unwrap();
+        .await;
     let answer = act(
         &world,
-        tx.id,
+        id,
         "compensate",
         json!({ "note": "order withdrawn" }),
     )
     .await;
     assert_eq!(answer.0, 200, "{answer:?}");
     assert_eq!(answer.1["state"], "aborting");
-    let done = client.wait_transaction(tx.id, WAIT).await.unwrap();
+    let done = client.wait_transaction(id, WAIT).await.unwrap();
     assert_eq!(done.state, "aborted");
     assert_eq!(p.calls_to("/stock/cancel").len(), 1);
     assert!(p.calls_to("/stock/confirm").is_empty());
-    let recorded = events_of(&world, tx.id, "operator_compensate").await;
+    let recorded = events_of(&world, id, "operator_compensate").await;
     assert_eq!(recorded.len(), 1);
     assert_eq!(
         recorded[0].detail.as_ref().unwrap()["note"],
         "order withdrawn"
     );
     // Aborted and finished: nothing left to compensate, and no commit either.
-    assert_eq!(act(&world, tx.id, "compensate", json!({})).await.0, 409);
+    assert_eq!(act(&world, id, "compensate", json!({})).await.0, 409);
     assert!(matches!(
-        client.commit_transaction(tx.id).await,
+        client.commit_transaction(id).await,
         Err(Error::Api { status: 409, .. })
     ));
     world.stop().await;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 use settle_participant::api::{NewBranch, NewTransaction};
+use settle_participant::client::CoordinatorClient;
 use settle_tests::scripted::Answer;
 use uuid::Uuid;
 
@@ -16,6 +17,11 @@ use crate::support::{saga_yaml, World, WAIT};
 
 fn ids(page: &settle_participant::api::AdminPage) -> HashSet<Uuid> {
     page.items.iter().map(|t| t.id).collect()
+}
+
+/// The ids the operators' list shows for these filters.
+async fn listed(client: &CoordinatorClient, query: &[(&str, &str)]) -> HashSet<Uuid> {
+    ids(&client.admin_list(query).await.unwrap())
 }
 
 /// The database's clock a second ago, as RFC 3339 with a numeric offset.
@@ -88,7 +94,7 @@ async fn each_list_filter_narrows_the_list() {
 
     let list = |query: Vec<(&'static str, String)>| async move {
         let pairs: Vec<(&str, &str)> = query.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        ids(&client.admin_list(&pairs).await.unwrap())
+        listed(client, &pairs).await
     };
     let only = |these: &[Uuid]| these.iter().copied().collect::<HashSet<_>>();
 
@@ -186,45 +192,32 @@ async fn an_interactive_transaction_is_found_by_the_branches_it_closed_with() {
     let world = World::start().await;
     let client = &world.coordinator.client;
     let p = &world.participant;
-    let tx = client
-        .create_transaction(&NewTransaction {
-            participants: None,
-            timeout: None,
+    let id = world
+        .open_interactive(&NewBranch {
+            name: "audit".into(),
+            prepare_url: Some(p.url("/audit/prepare")),
+            commit_url: p.url("/audit/commit"),
+            abort_url: p.url("/audit/abort"),
+            payload: None,
         })
-        .await
-        .unwrap();
-    client
-        .register_branch(
-            tx.id,
-            &NewBranch {
-                name: "audit".into(),
-                prepare_url: Some(p.url("/audit/prepare")),
-                commit_url: p.url("/audit/commit"),
-                abort_url: p.url("/audit/abort"),
-                payload: None,
-            },
-        )
-        .await
-        .unwrap();
-    let list = |query: Vec<(&'static str, String)>| async move {
-        let pairs: Vec<(&str, &str)> = query.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        ids(&client.admin_list(&pairs).await.unwrap())
-    };
+        .await;
     assert!(
-        list(vec![("step", "audit".into())]).await.is_empty(),
+        listed(client, &[("step", "audit")]).await.is_empty(),
         "an open transaction's branches may still change: it has no terms yet"
     );
-    client.commit_transaction(tx.id).await.unwrap();
-    let done = client.wait_transaction(tx.id, WAIT).await.unwrap();
-    assert_eq!(done.state, "committed");
-    let only = HashSet::from([tx.id]);
-    assert_eq!(list(vec![("step", "audit".into())]).await, only);
+    client.commit_transaction(id).await.unwrap();
     assert_eq!(
-        list(vec![("participant", p.url("/audit"))]).await,
+        client.wait_transaction(id, WAIT).await.unwrap().state,
+        "committed"
+    );
+    let only = HashSet::from([id]);
+    assert_eq!(listed(client, &[("step", "audit")]).await, only);
+    assert_eq!(
+        listed(client, &[("participant", &p.url("/audit"))]).await,
         only,
         "a path prefix of the branch's URLs"
     );
-    assert!(list(vec![("step", "ledger".into())]).await.is_empty());
+    assert!(listed(client, &[("step", "ledger")]).await.is_empty());
     world.stop().await;
 }
 

@@ -2,10 +2,13 @@
 
 use std::time::Duration;
 
+use settle_participant::api::{NewBranch, NewTransaction};
+
 use settle_tests::coordinator::{test_settings, TestCoordinator};
 use settle_tests::db::TestDatabase;
 use settle_tests::redis_server;
 use settle_tests::scripted::ScriptedParticipant;
+use uuid::Uuid;
 
 /// The `settle` program as built for these tests.
 pub const SETTLE_BIN: &str = env!("CARGO_BIN_EXE_settle-under-test");
@@ -47,6 +50,21 @@ impl World {
             .await
             .unwrap_or_else(|e| panic!("registering {name}: {e}"));
         def.version
+    }
+
+    /// Opens an interactive (TCC) transaction with ten minutes to live and
+    /// registers `branch` with it; returns its id.
+    pub async fn open_interactive(&self, branch: &NewBranch) -> Uuid {
+        let client = &self.coordinator.client;
+        let tx = client
+            .create_transaction(&NewTransaction {
+                participants: None,
+                timeout: Some("10m".into()),
+            })
+            .await
+            .unwrap();
+        client.register_branch(tx.id, branch).await.unwrap();
+        tx.id
     }
 
     pub async fn stop(self) {
