@@ -249,11 +249,23 @@ impl Browser {
         polls: u32,
         accept: impl Fn(&str) -> bool,
     ) -> Result<Element> {
+        Ok(self.wait_until_text(css, polls, accept).await?.0)
+    }
+
+    /// [`Browser::wait_until`], with the text that was accepted. Read it from here:
+    /// the page may render the element anew at any time after (a list refreshing
+    /// itself), and a second read of the element would find it stale.
+    pub async fn wait_until_text(
+        &self,
+        css: &str,
+        polls: u32,
+        accept: impl Fn(&str) -> bool,
+    ) -> Result<(Element, String)> {
         let mut last = String::from("no such element");
         for _ in 0..polls {
             if let Ok(element) = self.find(css).await {
                 match self.text(&element).await {
-                    Ok(text) if accept(&text) => return Ok(element),
+                    Ok(text) if accept(&text) => return Ok((element, text)),
                     Ok(text) => last = format!("text {text:?}"),
                     Err(e) => last = e.to_string(),
                 }

@@ -80,9 +80,12 @@ async fn an_operator_finds_a_stuck_saga_on_the_dashboard_and_retries_it_to_compe
     browser.goto(&ui).await.unwrap();
     let row = format!("#stuck-list tr[data-id='{}']", stuck.id);
     browser.wait_for(&row, POLLS).await.unwrap();
-    let first_count = browser.find("#counts .count").await.unwrap();
     assert_eq!(
-        browser.text(&first_count).await.unwrap().replace('\n', " "),
+        browser
+            .text_of("#counts .count")
+            .await
+            .unwrap()
+            .replace('\n', " "),
         "1 stuck",
         "stuck comes first on the home view"
     );
@@ -116,11 +119,10 @@ async fn an_operator_finds_a_stuck_saga_on_the_dashboard_and_retries_it_to_compe
         .goto(&format!("{ui}#/list?kind=saga&limit=1"))
         .await
         .unwrap();
-    let first_page = browser
-        .wait_until("#tx-list tbody", POLLS, |t| t.lines().count() == 1)
+    let (_, first_text) = browser
+        .wait_until_text("#tx-list tbody", POLLS, |t| t.lines().count() == 1)
         .await
         .unwrap();
-    let first_text = browser.text(&first_page).await.unwrap();
     browser
         .click(&browser.wait_for("#next-page", POLLS).await.unwrap())
         .await
@@ -208,17 +210,13 @@ async fn an_operator_finds_a_stuck_saga_on_the_dashboard_and_retries_it_to_compe
         .click(&browser.wait_for("#action-confirm", POLLS).await.unwrap())
         .await
         .unwrap();
-    let refusal = browser
-        .wait_until("#action-error", POLLS, |t| {
+    let (_, refusal) = browser
+        .wait_until_text("#action-error", POLLS, |t| {
             t.contains("action_not_applicable")
         })
         .await
         .unwrap();
-    assert!(browser
-        .text(&refusal)
-        .await
-        .unwrap()
-        .starts_with("Conflict: "));
+    assert!(refusal.starts_with("Conflict: "), "{refusal}");
     assert_no_script_errors(&browser).await;
     browser.quit().await;
     world.stop().await;
