@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use deadpool_postgres::ClientWrapper;
 use futures_util::future::BoxFuture;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use futures_util::FutureExt;
-use tokio::sync::{mpsc, oneshot, OnceCell, Semaphore};
+use tokio::sync::{mpsc, oneshot, OnceCell};
 use tokio_postgres::Statement;
 
 use crate::metrics::Metrics;
@@ -209,48 +210,52 @@ impl<B: Batch> Writer<B> {
         let pipeline = settings.coordinator.write_concurrency;
         let timeout = settings.database.statement_timeout;
         let (queue, mut pending) = mpsc::unbounded_channel::<Pending<B>>();
-        let slots = Arc::new(Semaphore::new(pipeline.max(1)));
+        let pipeline = pipeline.max(1);
         let kind = Arc::new(kind);
         tokio::spawn(async move {
             let mut connection: Option<Arc<Connection>> = None;
+            // The batches under way, polled by this task rather than spawned: a
+            // batch's answer reaches its callers without a hop through a task of
+            // its own (at one write at a time, each hop is a wake-up of another
+            // thread).
+            let mut in_flight = FuturesUnordered::new();
             loop {
-                // Take a slot first: while every slot is busy, items pile up and
-                // the next batch is larger.
-                let Ok(slot) = slots.clone().acquire_owned().await else {
-                    return;
-                };
-                let Some(first) = pending.recv().await else {
-                    return;
-                };
-                let current = match connection.as_ref().filter(|c| c.usable()) {
-                    Some(current) => current.clone(),
-                    None => {
-                        connection = None;
-                        match pool.get().await {
-                            Ok(client) => {
-                                let fresh = Connection::new(client, metrics.clone(), B::NAME);
-                                connection.insert(Arc::new(fresh)).clone()
+                tokio::select! {
+                    biased;
+                    Some(()) = in_flight.next(), if !in_flight.is_empty() => continue,
+                    // While every slot is busy, items pile up and the next batch is larger.
+                    first = pending.recv(), if in_flight.len() < pipeline => {
+                        let Some(first) = first else { break };
+                        let current = match connection.as_ref().filter(|c| c.usable()) {
+                            Some(current) => current.clone(),
+                            None => {
+                                connection = None;
+                                match pool.get().await {
+                                    Ok(client) => {
+                                        let fresh = Connection::new(client, metrics.clone(), B::NAME);
+                                        connection.insert(Arc::new(fresh)).clone()
+                                    }
+                                    Err(e) => {
+                                        let _ = first.done.send(Err(e.into()));
+                                        continue;
+                                    }
+                                }
                             }
-                            Err(e) => {
-                                let _ = first.done.send(Err(e.into()));
-                                continue;
+                        };
+                        let mut batch = vec![first];
+                        while batch.len() < max_batch.max(1) {
+                            match pending.try_recv() {
+                                Ok(p) => batch.push(p),
+                                Err(_) => break,
                             }
                         }
-                    }
-                };
-                let mut batch = vec![first];
-                while batch.len() < max_batch.max(1) {
-                    match pending.try_recv() {
-                        Ok(p) => batch.push(p),
-                        Err(_) => break,
+                        let kind = kind.clone();
+                        in_flight.push(async move { commit(&*kind, &current, timeout, batch).await });
                     }
                 }
-                let kind = kind.clone();
-                tokio::spawn(async move {
-                    commit(&*kind, &current, timeout, batch).await;
-                    drop(slot);
-                });
             }
+            // The queue is closed: finish what is under way.
+            while in_flight.next().await.is_some() {}
         });
         Ok(Writer { queue })
     }
