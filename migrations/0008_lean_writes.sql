@@ -1,7 +1,7 @@
 -- What Postgres did for every batch statement beyond the rows themselves, moved
 -- or made cheap. At one saga per batch (a quiet coordinator) the four statements of
--- a 3-step saga cost the backend 4.18 M instructions; with this migration 3.15 M
--- (docs/PERFORMANCE.md, "Postgres's share of a statement").
+-- a 3-step saga cost the backend 4.18 M instructions; with this migration 3.34 M
+-- (scripts/pg-instructions.sh; docs/PERFORMANCE.md, "Before and after").
 
 -- 1. An event's transaction exists by construction. Every statement that adds
 -- events adds them for the rows it has just inserted, updated or locked (their
@@ -14,7 +14,7 @@ ALTER TABLE events DROP CONSTRAINT events_transaction_id_fkey;
 -- 2. The shape of a transaction row, checked by one function instead of three
 -- CHECK expressions. Postgres rebuilds a CHECK expression from its stored text on
 -- every statement that writes the table; the three (the twelve states' array above
--- all) were a seventh of a write's work. A PL/pgSQL function is compiled once per
+-- all) were an eighth of a write's work. A PL/pgSQL function is compiled once per
 -- connection. A state added later changes this function (CREATE OR REPLACE).
 CREATE FUNCTION settle_transaction_shape_ok(kind text, state text, definition text, version integer)
 RETURNS boolean LANGUAGE plpgsql IMMUTABLE AS $$

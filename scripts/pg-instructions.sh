@@ -62,22 +62,16 @@ psql "${pg[@]}" -d naive -q -v ON_ERROR_STOP=1 -f bench/schema.sql
 # wait until the postmaster is back to its own processes, then read the largest
 # file that appeared (psql's short sessions write small ones).
 postmaster=$(head -n1 "$dir/data/postmaster.pid")
-settled_children() {
-  local n=""
-  for _ in $(seq 100); do
-    n=$(pgrep -c -P "$postmaster" || true)
-    [ -n "$1" ] && [ "$n" -le "$1" ] && break
-    [ -z "$1" ] && sleep 1 && [ "$(pgrep -c -P "$postmaster" || true)" = "$n" ] && break
-    sleep 0.2
-  done
-  echo "$n"
-}
+children() { pgrep -c -P "$postmaster" || true; }
 count() {
   local before file ir max=0
   before=$(ls "$dir"/cg.* 2>/dev/null | sort || true)
   pgbench "${pg[@]}" -n -M prepared -c 1 -t "$3" -f "$1" "$2" >"$dir/pgbench.log" 2>&1 \
     || { cat "$dir/pgbench.log" >&2; exit 1; }
-  settled_children "$children" >/dev/null
+  for _ in $(seq 100); do
+    [ "$(children)" -le "$own" ] && break
+    sleep 0.2
+  done
   for file in $(comm -13 <(echo "$before") <(ls "$dir"/cg.* | sort)); do
     ir=$(sed -n 's/^summary: //p' "$file")
     [ "${ir:-0}" -gt "$max" ] && max=$ir
@@ -92,7 +86,9 @@ per_saga() {
   done
   echo $(( (long - short) / 100 ))
 }
-children=$(settled_children "")
+# The postmaster's own processes, once the set-up's psql sessions have gone.
+sleep 1
+own=$(children)
 settle=$(per_saga "$dir/settle.sql" settle)
 naive=$(per_saga bench/saga_writes.sql naive)
 echo "postgres instructions per saga: settle=$settle naive=$naive ratio=$(awk -v s="$settle" -v n="$naive" 'BEGIN { printf "%.2f", s / n }')"

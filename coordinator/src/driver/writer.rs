@@ -207,10 +207,9 @@ impl<B: Batch> Writer<B> {
             store::Timeouts::of(&settings.database),
         )?;
         let max_batch = settings.coordinator.write_batch_max;
-        let pipeline = settings.coordinator.write_concurrency;
+        let pipeline = settings.coordinator.write_concurrency.max(1);
         let timeout = settings.database.statement_timeout;
         let (queue, mut pending) = mpsc::unbounded_channel::<Pending<B>>();
-        let pipeline = pipeline.max(1);
         let kind = Arc::new(kind);
         tokio::spawn(async move {
             let mut connection: Option<Arc<Connection>> = None;
@@ -229,6 +228,9 @@ impl<B: Batch> Writer<B> {
                         let current = match connection.as_ref().filter(|c| c.usable()) {
                             Some(current) => current.clone(),
                             None => {
+                                // Batches still under way are on the connection that
+                                // went bad; their answers wait for this, bounded by
+                                // the pool's own timeouts.
                                 connection = None;
                                 match pool.get().await {
                                     Ok(client) => {

@@ -3,7 +3,6 @@
 use std::time::Duration;
 
 use settle_participant::api::{NewBranch, NewTransaction};
-
 use settle_tests::coordinator::{test_settings, TestCoordinator};
 use settle_tests::db::TestDatabase;
 use settle_tests::redis_server;
