@@ -92,27 +92,51 @@ EXPLAIN (ANALYZE, BUFFERS) EXECUTE claim('explain', 15000, 100);
 ROLLBACK;
 \echo '=== group-commit state write (coordinator/src/store/batch.rs), generic plan on the writer''s connections ==='
 SET enable_seqscan = off;
-SELECT json_agg(json_build_object('id', id, 'fence', fence, 'state', 'running', 'progress', '{}'::jsonb,
-                                  'reason', NULL, 'next_ms', NULL, 'due_now', false, 'lease_ms', 15000)) AS w
+SET enable_hashjoin = off;
+SET enable_mergejoin = off;
+SELECT json_agg(json_build_object('id', id, 'fence', fence, 'write_id', gen_random_uuid(), 'state', 'running',
+                                  'progress', '{}'::jsonb, 'reason', NULL, 'next_ms', NULL, 'due_now', false,
+                                  'lease_ms', 15000, 'finished', false, 'notify', false,
+                                  'events', json_build_array(json_build_object('kind', 'step_started', 'step', 'a',
+                                                                               'actor', 'explain')))) AS w
   FROM (SELECT id, fence FROM transactions WHERE state = 'running' LIMIT 8) r \gset
 PREPARE write_batch(jsonb) AS
-WITH x AS (
-    SELECT * FROM jsonb_to_recordset($1::jsonb)
-        AS x(id uuid, fence bigint, state text, progress jsonb, reason text, next_ms bigint, due_now boolean, lease_ms bigint)
-     ORDER BY id),
-lk AS (
-    SELECT x.* FROM x CROSS JOIN LATERAL (
-        SELECT t.id FROM transactions t WHERE t.id = x.id AND t.fence = x.fence FOR UPDATE) l)
-UPDATE transactions t
-   SET state = lk.state, progress = lk.progress, reason = lk.reason,
-       next_attempt_at = CASE
-           WHEN lk.due_now AND t.next_attempt_at <= to_timestamp(lk.next_ms / 1000.0) THEN t.next_attempt_at
-           ELSE to_timestamp(lk.next_ms / 1000.0) END,
-       updated_at = now(),
-       lease_until = now() + (lk.lease_ms * interval '1 millisecond')
-  FROM lk
- WHERE t.id = ANY(ARRAY(SELECT id FROM lk)) AND t.id = lk.id AND t.fence = lk.fence
-RETURNING t.id, t.cancel_requested;
+WITH t AS (
+    UPDATE transactions t
+       SET state = x.state, progress = x.progress, reason = x.reason,
+           next_attempt_at = CASE
+               WHEN x.due_now AND t.next_attempt_at <= to_timestamp(x.next_ms / 1000.0) THEN t.next_attempt_at
+               ELSE to_timestamp(x.next_ms / 1000.0) END,
+           updated_at = now(),
+           lease_until = now() + (x.lease_ms * interval '1 millisecond'),
+           prev_write = t.last_write,
+           last_write = x.write_id
+      FROM (SELECT * FROM jsonb_to_recordset($1::jsonb)
+                AS x(id uuid, fence bigint, write_id uuid, state text, progress jsonb, reason text, next_ms bigint,
+                     due_now boolean, lease_ms bigint, finished boolean, notify boolean, events jsonb)
+             ORDER BY id) x
+     WHERE t.id = x.id AND t.fence = x.fence
+ RETURNING t.id, t.cancel_requested, t.kind, t.definition, t.version, t.state, t.input, t.progress, t.reason,
+           t.deadline, t.next_attempt_at, t.created_at, t.updated_at, t.fence, t.traceparent, t.tracestate,
+           x.finished, x.notify, x.events, t.prev_write IS NOT DISTINCT FROM x.write_id AS replay),
+e AS (
+    INSERT INTO events (transaction_id, kind, step, phase, attempt, status_code, error, duration_ms, actor, detail)
+    SELECT t.id, ev.kind, ev.step, ev.phase, ev.attempt, ev.status_code, ev.error, ev.duration_ms, ev.actor, ev.detail
+      FROM t CROSS JOIN LATERAL jsonb_to_recordset(t.events) AS ev(kind text, step text, phase text, attempt int,
+           status_code int, error text, duration_ms int, actor text, detail jsonb)
+     WHERE NOT t.replay),
+o AS (
+    INSERT INTO webhook_outbox (transaction_id, event, payload)
+    SELECT t.id, 'transaction.stuck', jsonb_build_object(
+               'event', 'transaction.stuck', 'id', t.id, 'kind', t.kind, 'definition', t.definition,
+               'state', t.state, 'reason', t.reason,
+               'at', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'))
+      FROM t
+     WHERE t.notify AND NOT t.replay)
+SELECT id, cancel_requested, finished, kind, definition, version, state,
+       CASE WHEN finished THEN input END AS input, CASE WHEN finished THEN progress END AS progress,
+       reason, deadline, next_attempt_at, created_at, updated_at, fence, traceparent, tracestate
+  FROM t;
 BEGIN;
 EXPLAIN (ANALYZE, BUFFERS) EXECUTE write_batch(:'w');
 ROLLBACK;

@@ -84,7 +84,7 @@ fn every_state_write_is_fenced() {
             let (set, condition) = statement.split_once("WHERE").unwrap_or((statement, ""));
             if set.contains("state =") || set.contains("progress =") {
                 assert!(
-                    condition.contains("fence = $2") || condition.contains("t.fence = lk.fence"),
+                    condition.contains("fence = $2") || condition.contains("t.fence = x.fence"),
                     "unfenced state write in {}: UPDATE transactions{statement}",
                     file.display()
                 );

@@ -5,13 +5,20 @@ use tokio_postgres::NoTls;
 /// The shared server; tests never reconfigure or restart it.
 pub const SERVER: &str = "postgres://postgres@127.0.0.1:5432";
 
+/// The server test databases are made on: [`SERVER`], unless `SETTLE_TEST_POSTGRES`
+/// names another (`scripts/pg-instructions.sh` runs the benchmark against a
+/// throwaway cluster under callgrind that way).
+fn server() -> String {
+    std::env::var("SETTLE_TEST_POSTGRES").unwrap_or_else(|_| SERVER.to_string())
+}
+
 pub struct TestDatabase {
     pub name: String,
     pub url: String,
 }
 
 async fn admin() -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(&format!("{SERVER}/postgres"), NoTls)
+    let (client, conn) = tokio_postgres::connect(&format!("{}/postgres", server()), NoTls)
         .await
         .expect("PostgreSQL must be running on 127.0.0.1:5432 (see README: tests need it)");
     tokio::spawn(conn);
@@ -27,7 +34,7 @@ impl TestDatabase {
             .await
             .expect("creating the test database");
         TestDatabase {
-            url: format!("{SERVER}/{name}"),
+            url: format!("{}/{name}", server()),
             name,
         }
     }
@@ -65,7 +72,7 @@ impl Drop for TestDatabase {
             };
             rt.block_on(async move {
                 if let Ok((client, conn)) =
-                    tokio_postgres::connect(&format!("{SERVER}/postgres"), NoTls).await
+                    tokio_postgres::connect(&format!("{}/postgres", server()), NoTls).await
                 {
                     tokio::spawn(conn);
                     let _ = client

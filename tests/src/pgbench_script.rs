@@ -48,20 +48,16 @@ pub fn settle_statements() -> String {
         let write = format!(
             "jsonb_build_array(jsonb_build_object('id', {ID}, 'fence', :fence::bigint, \
              'write_id', gen_random_uuid(), 'state', '{}', 'progress', '{}'::jsonb, \
-             'next_ms', {LATER_MS}, 'due_now', true, 'lease_ms', 15000, 'finished', {last}))",
+             'next_ms', {LATER_MS}, 'due_now', true, 'lease_ms', 15000, 'finished', {last}, \
+             'notify', false, 'events', jsonb_build_array({}, {next_event})))",
             if last { "completed" } else { "running" },
-            progress(done + 1)
-        );
-        let events = format!(
-            "jsonb_build_array({}, {next_event})",
+            progress(done + 1),
             event("step_succeeded", step)
         );
         script.push_str(
             WRITE_BATCH
                 .trim()
                 .replace("$1::jsonb", &write)
-                .replace("$2::jsonb", &events)
-                .replace("$3::boolean", "false")
                 .replace("HH24:MI:SS", "HH24\":\"MI\":\"SS")
                 .as_str(),
         );
@@ -96,7 +92,7 @@ fn progress(done: usize) -> String {
 
 fn event(kind: &str, step: &str) -> String {
     format!(
-        "jsonb_build_object('transaction_id', {ID}, 'kind', '{kind}', 'step', '{step}', \
+        "jsonb_build_object('kind', '{kind}', 'step', '{step}', \
          'phase', 'action', 'attempt', 1, 'status_code', 200, 'duration_ms', 0, 'actor', 'coordinator')"
     )
 }

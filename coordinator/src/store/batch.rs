@@ -42,65 +42,61 @@ pub struct StateWrite {
     pub events: Vec<EventRecord>,
 }
 
-/// A write as the statement reads it. `finished`: the write puts the transaction
-/// in a terminal state, which never changes again, so the statement hands back
-/// the whole row as stored and whoever waits for the end needs no read of its own.
+/// A write as the statement reads it, with its events. `finished`: the write puts
+/// the transaction in a terminal state, which never changes again, so the
+/// statement hands back the whole row as stored and whoever waits for the end
+/// needs no read of its own. `notify`: the write records a `stuck` transition and
+/// a webhook is configured, so it queues its notification.
 #[derive(Debug, Serialize)]
 struct WriteRow<'a> {
     #[serde(flatten)]
     write: &'a StateWrite,
     finished: bool,
+    notify: bool,
+    events: &'a [EventRecord],
 }
 
-#[derive(Debug, Serialize)]
-struct EventRow<'a> {
-    transaction_id: Uuid,
-    #[serde(flatten)]
-    event: &'a EventRecord,
-}
-
-/// Rows are locked in id order first, so that batches and lease renewals, which
-/// touch overlapping sets of rows, never deadlock.
-///
-/// Every row is reached through the primary key, whatever the table's size: the
-/// lock is taken per write in a `LATERAL` subquery (a locking subquery is never
-/// flattened into a join, so it is an index lookup per row), and the update finds
-/// its rows with `id = ANY(…)`. It runs on the writer's own connections
-/// ([`super::writer_pool`]), which never plan a sequential scan, so the plan
-/// Postgres caches stays index-backed however small the table was when it was made.
+/// One `UPDATE` whose plan is a nested loop: the writes, sorted by id, each find
+/// their row with one probe of the primary key, so rows are locked in id order
+/// and batches and lease renewals, which touch overlapping sets of rows, never
+/// deadlock. The writer's own connections ([`super::writer_pool`]) plan neither a
+/// sequential scan nor a hash or merge join, so the plan Postgres caches keeps
+/// that shape however small the table was when it was made. A row whose fence no
+/// longer matches (rechecked on the newest version when another statement
+/// changed the row meanwhile) is not updated: its write is reported as lost.
 ///
 /// A write whose `write_id` is the row's `last_write` was applied before (a retry
 /// after an unknown outcome): it lands again, the same state, without a second
-/// copy of its events or webhook notification.
+/// copy of its events or webhook notification. The update keeps the id it
+/// replaces in `prev_write` and hands it back, which is how it tells.
+///
+/// Each write carries its own events, inserted for the rows updated (one
+/// function scan per row, no join), and the outbox insert reads the write's
+/// `notify`.
 pub const WRITE_BATCH: &str = "
-WITH x AS (
-    SELECT * FROM jsonb_to_recordset($1::jsonb)
-        AS x(id uuid, fence bigint, write_id uuid, state text, progress jsonb, reason text, next_ms bigint,
-             due_now boolean, lease_ms bigint, finished boolean)
-     ORDER BY id),
-lk AS (
-    SELECT x.*, l.last_write IS NOT DISTINCT FROM x.write_id AS replay FROM x CROSS JOIN LATERAL (
-        SELECT t.id, t.last_write FROM transactions t WHERE t.id = x.id AND t.fence = x.fence FOR UPDATE) l),
-t AS (
+WITH t AS (
     UPDATE transactions t
-       SET state = lk.state, progress = lk.progress, reason = lk.reason,
+       SET state = x.state, progress = x.progress, reason = x.reason,
            next_attempt_at = CASE
-               WHEN lk.due_now AND t.next_attempt_at <= to_timestamp(lk.next_ms / 1000.0) THEN t.next_attempt_at
-               ELSE to_timestamp(lk.next_ms / 1000.0) END,
+               WHEN x.due_now AND t.next_attempt_at <= to_timestamp(x.next_ms / 1000.0) THEN t.next_attempt_at
+               ELSE to_timestamp(x.next_ms / 1000.0) END,
            updated_at = now(),
-           lease_until = now() + (lk.lease_ms * interval '1 millisecond'),
-           last_write = lk.write_id
-      FROM lk
-     WHERE t.id = ANY(ARRAY(SELECT id FROM lk)) AND t.id = lk.id AND t.fence = lk.fence
+           lease_until = now() + (x.lease_ms * interval '1 millisecond'),
+           prev_write = t.last_write,
+           last_write = x.write_id
+      FROM (SELECT * FROM jsonb_to_recordset($1::jsonb)
+                AS x(id uuid, fence bigint, write_id uuid, state text, progress jsonb, reason text, next_ms bigint,
+                     due_now boolean, lease_ms bigint, finished boolean, notify boolean, events jsonb)
+             ORDER BY id) x
+     WHERE t.id = x.id AND t.fence = x.fence
  RETURNING t.id, t.cancel_requested, t.kind, t.definition, t.version, t.state, t.input, t.progress, t.reason,
            t.deadline, t.next_attempt_at, t.created_at, t.updated_at, t.fence, t.traceparent, t.tracestate,
-           lk.finished, lk.replay),
+           x.finished, x.notify, x.events, t.prev_write IS NOT DISTINCT FROM x.write_id AS replay),
 e AS (
     INSERT INTO events (transaction_id, kind, step, phase, attempt, status_code, error, duration_ms, actor, detail)
-    SELECT ev.transaction_id, ev.kind, ev.step, ev.phase, ev.attempt, ev.status_code, ev.error, ev.duration_ms, ev.actor, ev.detail
-      FROM jsonb_to_recordset($2::jsonb) AS ev(transaction_id uuid, kind text, step text, phase text, attempt int,
+    SELECT t.id, ev.kind, ev.step, ev.phase, ev.attempt, ev.status_code, ev.error, ev.duration_ms, ev.actor, ev.detail
+      FROM t CROSS JOIN LATERAL jsonb_to_recordset(t.events) AS ev(kind text, step text, phase text, attempt int,
            status_code int, error text, duration_ms int, actor text, detail jsonb)
-      JOIN t ON t.id = ev.transaction_id
      WHERE NOT t.replay),
 o AS (
     INSERT INTO webhook_outbox (transaction_id, event, payload)
@@ -109,9 +105,7 @@ o AS (
                'state', t.state, 'reason', t.reason,
                'at', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'))
       FROM t
-     WHERE $3::boolean AND t.state = 'stuck' AND NOT t.replay
-       AND EXISTS (SELECT 1 FROM jsonb_array_elements($2::jsonb) ev
-                    WHERE (ev->>'transaction_id')::uuid = t.id AND ev->>'kind' = 'stuck'))
+     WHERE t.notify AND NOT t.replay)
 SELECT id, cancel_requested, finished, kind, definition, version, state,
        CASE WHEN finished THEN input END AS input, CASE WHEN finished THEN progress END AS progress,
        reason, deadline, next_attempt_at, created_at, updated_at, fence, traceparent, tracestate
@@ -133,27 +127,20 @@ pub async fn write(
     writes: &[&StateWrite],
     stuck_webhook: bool,
 ) -> Result<Vec<Written>> {
-    let events: Vec<EventRow> = writes
-        .iter()
-        .flat_map(|w| {
-            w.events.iter().map(|event| EventRow {
-                transaction_id: w.id,
-                event,
-            })
-        })
-        .collect();
     let states: Vec<WriteRow> = writes
         .iter()
         .map(|&write| WriteRow {
             write,
             finished: crate::machine::FINISHED_STATES.contains(&write.state),
+            notify: stuck_webhook
+                && write.state == "stuck"
+                && write.events.iter().any(|event| event.kind == "stuck"),
+            events: &write.events,
         })
         .collect();
     // Serialized straight from the writes: no intermediate JSON tree.
-    let (states, events) = (JsonText::of(&states)?, JsonText::of(&events)?);
-    let rows = client
-        .query(statement, &[&states, &events, &stuck_webhook])
-        .await?;
+    let states = JsonText::of(&states)?;
+    let rows = client.query(statement, &[&states]).await?;
     // Sorted by id and searched, rather than hashed: a batch holds at most a few
     // hundred rows, and SipHashing each id cost more than the search.
     let mut landed: Vec<(Uuid, bool, Option<Box<TransactionRow>>)> = rows

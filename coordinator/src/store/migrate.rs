@@ -45,6 +45,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "lean_writes",
         include_str!("../../../migrations/0008_lean_writes.sql"),
     ),
+    (
+        9,
+        "write_in_one_update",
+        include_str!("../../../migrations/0009_write_in_one_update.sql"),
+    ),
 ];
 
 /// Arbitrary constant naming Settle's migration lock.

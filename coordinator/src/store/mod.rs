@@ -115,12 +115,13 @@ pub fn pool(url: &str, size: usize, timeouts: Timeouts) -> anyhow::Result<Pool> 
 }
 
 /// The pool of the group-commit writer (`store::batch`), whose statements reach
-/// every row through its primary key. Its sessions never plan a sequential scan:
-/// a plan cached while the table held a few rows (the writer's statement is
-/// prepared once per connection, and Postgres keeps a generic plan after five
-/// runs) would otherwise go on scanning the whole table for every batch until
-/// the next ANALYZE, which on a busy new database was a minute of throughput
-/// falling by two thirds.
+/// every row through its primary key. Its sessions never plan a sequential scan,
+/// nor a hash or merge join: a plan cached while the table held a few rows (the
+/// writer's statement is prepared once per connection, and Postgres keeps a
+/// generic plan after five runs) would otherwise go on scanning the whole table
+/// (or the whole of its primary key) for every batch until the next ANALYZE,
+/// which on a busy new database was a minute of throughput falling by two
+/// thirds. Nested loops also keep the order the write statement locks its rows in.
 ///
 /// Postgres ends a statement of these sessions that runs past the statement
 /// timeout, the same bound after which the writer gives the connection up
@@ -131,7 +132,7 @@ pub fn writer_pool(url: &str, size: usize, timeouts: Timeouts) -> anyhow::Result
     let mut config = tokio_postgres::Config::from_str(url)
         .map_err(|e| anyhow::anyhow!("database.url is not a valid PostgreSQL URL: {e}"))?;
     let ours = format!(
-        "-c enable_seqscan=off -c statement_timeout={}",
+        "-c enable_seqscan=off -c enable_hashjoin=off -c enable_mergejoin=off -c statement_timeout={}",
         timeouts.statement.as_millis()
     );
     let options = match config.get_options() {
