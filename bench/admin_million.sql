@@ -169,12 +169,13 @@ t AS (
            SELECT 1 FROM saga_definitions d WHERE d.name = x.definition AND d.version > x.version)
      ORDER BY x.idempotency_key NULLS LAST, x.id
     ON CONFLICT (idempotency_key) DO NOTHING
-    RETURNING id, fence, kind, definition, version, created_at),
+    RETURNING id, fence, created_at),
 e AS (
     INSERT INTO events (transaction_id, kind, actor, detail)
-    SELECT t.id, 'started', x.actor,
-           jsonb_strip_nulls(jsonb_build_object('kind', t.kind, 'definition', t.definition, 'version', t.version))
-      FROM t JOIN x ON x.id = t.id)
+    SELECT x.id, 'started', x.actor,
+           jsonb_strip_nulls(jsonb_build_object('kind', x.kind, 'definition', x.definition, 'version', x.version))
+      FROM x
+     WHERE x.id = ANY(ARRAY(SELECT id FROM t)))
 SELECT id, fence, created_at FROM t;
 BEGIN;
 EXPLAIN (ANALYZE, BUFFERS) EXECUTE create_batch(:'c', 'explain');

@@ -13,8 +13,9 @@
 #   5. settle-bench runs N one-shot 2PC transactions (two branches) from C clients;
 #   6. when valgrind is installed, settle-bench --callgrind counts the coordinator's
 #      instructions per saga (1,000 sagas, 8 clients), and scripts/pg-instructions.sh
-#      Postgres's for Settle's statements and for the naive four commits: the
-#      figures that do not move with the machine's load.
+#      Postgres's for Settle's statements and for the naive four commits, and for
+#      a settle-bench run against its cluster: the figures that do not move with
+#      the machine's load.
 # It ends with a markdown table; the full outputs are kept in target/bench/.
 # Usage: scripts/bench.sh [clients] [sagas] [rounds]   (defaults 32, 20000 and 3: shorter runs are dominated by warm-up)
 set -euo pipefail
@@ -87,14 +88,16 @@ if [ -n "$have_pgbench" ]; then
   one_lat=$(awk '/^latency average/ { print $4 }' "$out/pgbench-1.txt")
   # The same at 1 client with Settle's own statements for a saga (settle-bench
   # --pgbench-script: the creation batch and three write batches of one, with their
-  # events) on Settle's schema: what Postgres alone spends, without HTTP or the coordinator.
+  # events) on Settle's schema, under the writer sessions' planner settings: what
+  # Postgres alone spends, without HTTP or the coordinator.
   echo "bench: Settle's statements under pgbench, 1 client, 5 s" >&2
   psql "${pg[@]}" -qc "CREATE DATABASE $own_db"
   SETTLE__DATABASE__URL="postgres://postgres@127.0.0.1:5432/$own_db" target/release/settle-under-test migrate \
     >"$out/migrate.txt" 2>&1 || { cat "$out/migrate.txt" >&2; exit 1; }
   psql "${pg[@]}" -d "$own_db" -qc "INSERT INTO saga_definitions (name, version, spec, digest) VALUES ('bench', 1, '{}', 'bench')"
   target/release/settle-bench --pgbench-script >"$out/settle-statements.sql"
-  pgbench "${pg[@]}" -n -M prepared -c 1 -T 5 -f "$out/settle-statements.sql" "$own_db" \
+  PGOPTIONS="$(target/release/settle-bench --writer-options)" \
+    pgbench "${pg[@]}" -n -M prepared -c 1 -T 5 -f "$out/settle-statements.sql" "$own_db" \
     >"$out/pgbench-settle-statements-1.txt" 2>&1 || { cat "$out/pgbench-settle-statements-1.txt" >&2; exit 1; }
   own_lat=$(awk '/^latency average/ { print $4 }' "$out/pgbench-settle-statements-1.txt")
 fi
@@ -165,5 +168,6 @@ if [ -n "$instructions" ]; then
 fi
 if [ -n "$pg_instructions" ]; then
   echo "| Postgres instructions per saga, 1 client (scripts/pg-instructions.sh: backend user space) | Settle's statements $(sed -nE 's/.*settle=([0-9]+).*/\1/p' <<<"$pg_instructions"), the naive four commits $(sed -nE 's/.*naive=([0-9]+).*/\1/p' <<<"$pg_instructions") ($(sed -nE 's/.*ratio=([0-9.]+).*/\1/p' <<<"$pg_instructions") ×) |"
+  echo "| Postgres instructions per saga, the coordinator's own statements and parameters (settle-bench at 1 client against the cluster, every backend) | $(grep "own statements" "$out/pg-instructions.txt" | sed -nE 's/.*: ([0-9]+)$/\1/p') |"
 fi
 echo "| peak RSS, bench process (coordinator, clients, participants), $clients clients | $rss MB |"

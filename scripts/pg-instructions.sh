@@ -9,7 +9,12 @@
 # a connection of its own, twice; the backend's user-space instructions per saga are
 # the difference of the two counts divided by 100 (start-up, catalog loading and the
 # first plans cancel out), and the second pair is reported (the first sets hint bits
-# in a fresh database's catalogs). The cluster and its directory are removed at the end.
+# in a fresh database's catalogs). Then settle-bench itself runs 30 and 130 sagas at
+# 1 client against the cluster (SETTLE_TEST_POSTGRES; its coordinator in-process, its
+# instant participants), twice: every backend's instructions are summed, so this
+# counts what the coordinator's real statements with their real parameters cost,
+# connections and background loops included (the creation and state-write backends
+# are most of it). The cluster and its directory are removed at the end.
 # Usage: scripts/pg-instructions.sh        (needs valgrind and pgbench; SETTLE_BIN=DIR measures another build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -89,6 +94,30 @@ per_saga() {
 # The postmaster's own processes, once the set-up's psql sessions have gone.
 sleep 1
 own=$(children)
-settle=$(per_saga "$dir/settle.sql" settle)
+# Under the planner settings of the writer's own sessions, which its statements' plans rely on.
+settle=$(PGOPTIONS="$("$bin_dir/settle-bench" --writer-options)" per_saga "$dir/settle.sql" settle)
 naive=$(per_saga bench/saga_writes.sql naive)
 echo "postgres instructions per saga: settle=$settle naive=$naive ratio=$(awk -v s="$settle" -v n="$naive" 'BEGIN { printf "%.2f", s / n }')"
+
+# `coordinator N` runs N sagas through settle-bench on a database of its own and
+# prints the instructions of every backend that ran meanwhile, summed.
+coordinator() {
+  local before file ir sum=0
+  before=$(ls "$dir"/cg.* 2>/dev/null | sort || true)
+  SETTLE_TEST_POSTGRES="postgres://postgres@127.0.0.1:$port" "$bin_dir/settle-bench" \
+    --sagas "$1" --clients 1 --warmup 20 >"$dir/bench.log" 2>&1 || { cat "$dir/bench.log" >&2; exit 1; }
+  for _ in $(seq 100); do
+    [ "$(children)" -le "$own" ] && break
+    sleep 0.2
+  done
+  for file in $(comm -13 <(echo "$before") <(ls "$dir"/cg.* | sort)); do
+    ir=$(sed -n 's/^summary: //p' "$file")
+    sum=$((sum + ${ir:-0}))
+  done
+  echo "$sum"
+}
+for _ in 1 2; do
+  short=$(coordinator 30)
+  long=$(coordinator 130)
+done
+echo "postgres instructions per saga, the coordinator's own statements (settle-bench, 1 client): $(( (long - short) / 100 ))"

@@ -92,6 +92,9 @@ pub enum Inserted {
 /// snapshot decides, exactly as a read of `max(version)` just before would.
 /// Its search terms (the operators' filters by step and URL) are its definition
 /// version's, or for a 2PC transaction those of the branches it starts with.
+/// Each row inserted gets its `started` event, chosen by id from the inserted
+/// ids (the writer's sessions plan no hash join: a join of the two lists would
+/// be a nested loop over both).
 pub const CREATE_BATCH: &str = "
 WITH x AS (
     SELECT * FROM jsonb_to_recordset($1::jsonb)
@@ -114,12 +117,13 @@ t AS (
            SELECT 1 FROM saga_definitions d WHERE d.name = x.definition AND d.version > x.version)
      ORDER BY x.idempotency_key NULLS LAST, x.id
     ON CONFLICT (idempotency_key) DO NOTHING
-    RETURNING id, fence, kind, definition, version, created_at),
+    RETURNING id, fence, created_at),
 e AS (
     INSERT INTO events (transaction_id, kind, actor, detail)
-    SELECT t.id, 'started', x.actor,
-           jsonb_strip_nulls(jsonb_build_object('kind', t.kind, 'definition', t.definition, 'version', t.version))
-      FROM t JOIN x ON x.id = t.id)
+    SELECT x.id, 'started', x.actor,
+           jsonb_strip_nulls(jsonb_build_object('kind', x.kind, 'definition', x.definition, 'version', x.version))
+      FROM x
+     WHERE x.id = ANY(ARRAY(SELECT id FROM t)))
 SELECT id, fence, created_at FROM t";
 
 /// Creates every transaction it can in one statement (one commit), owned by

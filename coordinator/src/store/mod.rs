@@ -128,11 +128,17 @@ pub fn pool(url: &str, size: usize, timeouts: Timeouts) -> anyhow::Result<Pool> 
 /// (`driver::writer`), so a statement the writer stopped waiting for does not
 /// hold its row locks on for long. The writer holds its connection for good and
 /// checks it by the answers it gets, so it is never checked at checkout.
+/// The planner settings of the writer's sessions (see [`writer_pool`]), as
+/// connection options: the benchmark tools run the writer's statements under
+/// them too (`settle-bench --writer-options`).
+pub const WRITER_PLANNING: &str =
+    "-c enable_seqscan=off -c enable_hashjoin=off -c enable_mergejoin=off";
+
 pub fn writer_pool(url: &str, size: usize, timeouts: Timeouts) -> anyhow::Result<Pool> {
     let mut config = tokio_postgres::Config::from_str(url)
         .map_err(|e| anyhow::anyhow!("database.url is not a valid PostgreSQL URL: {e}"))?;
     let ours = format!(
-        "-c enable_seqscan=off -c enable_hashjoin=off -c enable_mergejoin=off -c statement_timeout={}",
+        "{WRITER_PLANNING} -c statement_timeout={}",
         timeouts.statement.as_millis()
     );
     let options = match config.get_options() {

@@ -11,7 +11,9 @@
 //! `cargo run --release -p settle-tests --bin settle-bench -- --sagas 5000 --clients 32`
 //!
 //! `settle-bench --pgbench-script` prints Settle's own statements for one saga as a
-//! pgbench script instead (`settle_tests::pgbench_script`).
+//! pgbench script instead (`settle_tests::pgbench_script`), to be run under the
+//! planner settings of the writer's sessions, which `settle-bench --writer-options`
+//! prints (for `PGOPTIONS`).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -28,7 +30,8 @@ use settle_tests::db::TestDatabase;
 
 const USAGE: &str = "usage: settle-bench [--sagas N] [--clients C] [--warmup N] \
 [--participants instant|example] [--coordinator in-process|process] [--twopc] \
-[--per-step-overhead] [--rss] [--history N] [--redis URL] [--callgrind FILE]\n       settle-bench --pgbench-script   (prints Settle's own statements as a pgbench script)";
+[--per-step-overhead] [--rss] [--history N] [--redis URL] [--callgrind FILE]\n       settle-bench --pgbench-script   (prints Settle's own statements as a pgbench script)
+       settle-bench --writer-options   (prints the writer sessions' planner settings, for PGOPTIONS)";
 
 /// How long a client lets the coordinator hold a `?wait=` request.
 const WAIT: Duration = Duration::from_secs(30);
@@ -502,6 +505,10 @@ enum Participants {
 async fn main() -> anyhow::Result<()> {
     if std::env::args().nth(1).as_deref() == Some("--pgbench-script") {
         print!("{}", settle_tests::pgbench_script::settle_statements());
+        return Ok(());
+    }
+    if std::env::args().nth(1).as_deref() == Some("--writer-options") {
+        println!("{}", settle_coordinator::store::WRITER_PLANNING);
         return Ok(());
     }
     let args = match parse_args() {
