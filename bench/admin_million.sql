@@ -1,5 +1,7 @@
 -- The operators' list on a million finished transactions: run on a throwaway
--- database with the migrations applied (psql -f), then read the plans.
+-- database with the migrations applied (psql -f), then read the plans. Run from
+-- the repository's root after a release build: the writer's two statements are
+-- taken from the code as sent (`settle-bench --statement write|create`).
 --   createdb settle_explain && for f in migrations/*.sql; do psql -d settle_explain -f $f; done
 --   psql -d settle_explain -f bench/admin_million.sql
 INSERT INTO saga_definitions (name, version, spec, digest) VALUES
@@ -100,43 +102,8 @@ SELECT json_agg(json_build_object('id', id, 'fence', fence, 'write_id', gen_rand
                                   'events', json_build_array(json_build_object('kind', 'step_started', 'step', 'a',
                                                                                'actor', 'explain')))) AS w
   FROM (SELECT id, fence FROM transactions WHERE state = 'running' LIMIT 8) r \gset
-PREPARE write_batch(jsonb) AS
-WITH t AS (
-    UPDATE transactions t
-       SET state = x.state, progress = x.progress, reason = x.reason,
-           next_attempt_at = CASE
-               WHEN x.due_now AND t.next_attempt_at <= to_timestamp(x.next_ms / 1000.0) THEN t.next_attempt_at
-               ELSE to_timestamp(x.next_ms / 1000.0) END,
-           updated_at = now(),
-           lease_until = now() + (x.lease_ms * interval '1 millisecond'),
-           prev_write = t.last_write,
-           last_write = x.write_id
-      FROM (SELECT * FROM jsonb_to_recordset($1::jsonb)
-                AS x(id uuid, fence bigint, write_id uuid, state text, progress jsonb, reason text, next_ms bigint,
-                     due_now boolean, lease_ms bigint, finished boolean, notify boolean, events jsonb)
-             ORDER BY id) x
-     WHERE t.id = x.id AND t.fence = x.fence
- RETURNING t.id, t.cancel_requested, t.kind, t.definition, t.version, t.state, t.input, t.progress, t.reason,
-           t.deadline, t.next_attempt_at, t.created_at, t.updated_at, t.fence, t.traceparent, t.tracestate,
-           x.finished, x.notify, x.events, t.prev_write IS NOT DISTINCT FROM x.write_id AS replay),
-e AS (
-    INSERT INTO events (transaction_id, kind, step, phase, attempt, status_code, error, duration_ms, actor, detail)
-    SELECT t.id, ev.kind, ev.step, ev.phase, ev.attempt, ev.status_code, ev.error, ev.duration_ms, ev.actor, ev.detail
-      FROM t CROSS JOIN LATERAL jsonb_to_recordset(t.events) AS ev(kind text, step text, phase text, attempt int,
-           status_code int, error text, duration_ms int, actor text, detail jsonb)
-     WHERE NOT t.replay),
-o AS (
-    INSERT INTO webhook_outbox (transaction_id, event, payload)
-    SELECT t.id, 'transaction.stuck', jsonb_build_object(
-               'event', 'transaction.stuck', 'id', t.id, 'kind', t.kind, 'definition', t.definition,
-               'state', t.state, 'reason', t.reason,
-               'at', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'))
-      FROM t
-     WHERE t.notify AND NOT t.replay)
-SELECT id, cancel_requested, finished, kind, definition, version, state,
-       CASE WHEN finished THEN input END AS input, CASE WHEN finished THEN progress END AS progress,
-       reason, deadline, next_attempt_at, created_at, updated_at, fence, traceparent, tracestate
-  FROM t;
+\set write_batch `target/release/settle-bench --statement write`
+PREPARE write_batch(jsonb) AS :write_batch;
 BEGIN;
 EXPLAIN (ANALYZE, BUFFERS) EXECUTE write_batch(:'w');
 ROLLBACK;
@@ -147,36 +114,8 @@ SELECT json_agg(json_build_object('id', gen_random_uuid(), 'kind', 'saga', 'defi
                                   'request_digest', 'x', 'deadline_ms', 4102444800000, 'next_ms', NULL,
                                   'lease_ms', 15000, 'actor', 'explain')) AS c
   FROM generate_series(1, 8) g \gset
-PREPARE create_batch(jsonb, text) AS
-WITH x AS (
-    SELECT * FROM jsonb_to_recordset($1::jsonb)
-        AS x(id uuid, kind text, definition text, version int, state text, input jsonb, progress jsonb,
-             idempotency_key text, request_digest text, deadline_ms bigint, next_ms bigint, lease_ms bigint,
-             actor text, traceparent text, tracestate text)),
-t AS (
-    INSERT INTO transactions (id, kind, definition, version, state, input, progress, idempotency_key,
-        request_digest, deadline, next_attempt_at, owner, lease_until, fence, traceparent, tracestate,
-        search_terms)
-    SELECT x.id, x.kind, x.definition, x.version, x.state, x.input, x.progress, x.idempotency_key,
-           x.request_digest, to_timestamp(x.deadline_ms / 1000.0), to_timestamp(x.next_ms / 1000.0), $2,
-           now() + (x.lease_ms * interval '1 millisecond'), nextval('settle_fence'), x.traceparent, x.tracestate,
-           CASE WHEN x.kind = 'saga'
-                THEN coalesce((SELECT d.search_terms FROM saga_definitions d
-                                WHERE d.name = x.definition AND d.version = x.version), '{}')
-                ELSE coalesce(settle_branch_terms(x.progress), '{}') END
-      FROM x
-     WHERE x.kind <> 'saga' OR NOT EXISTS (
-           SELECT 1 FROM saga_definitions d WHERE d.name = x.definition AND d.version > x.version)
-     ORDER BY x.idempotency_key NULLS LAST, x.id
-    ON CONFLICT (idempotency_key) DO NOTHING
-    RETURNING id, fence, created_at),
-e AS (
-    INSERT INTO events (transaction_id, kind, actor, detail)
-    SELECT x.id, 'started', x.actor,
-           jsonb_strip_nulls(jsonb_build_object('kind', x.kind, 'definition', x.definition, 'version', x.version))
-      FROM x
-     WHERE x.id = ANY(ARRAY(SELECT id FROM t)))
-SELECT id, fence, created_at FROM t;
+\set create_batch `target/release/settle-bench --statement create`
+PREPARE create_batch(jsonb, text) AS :create_batch;
 BEGIN;
 EXPLAIN (ANALYZE, BUFFERS) EXECUTE create_batch(:'c', 'explain');
 ROLLBACK;

@@ -62,26 +62,31 @@ psql "${pg[@]}" -d settle -qc "INSERT INTO saga_definitions (name, version, spec
 psql "${pg[@]}" -d naive -q -v ON_ERROR_STOP=1 -f bench/schema.sql
 "$bin_dir/settle-bench" --pgbench-script >"$dir/settle.sql"
 
-# `count SCRIPT DB N` runs N sagas on one connection and prints its backend's
-# instructions. The backend writes its counts as it exits, after pgbench has gone:
-# wait until the postmaster is back to its own processes, then read the largest
-# file that appeared (psql's short sessions write small ones).
+# A backend writes its counts as it exits, after its client has gone. `files`
+# lists the counts files there are; `counts_since LISTING` waits until the
+# postmaster is back to its own processes, then prints the instruction count of
+# every file that appeared since LISTING, one a line.
 postmaster=$(head -n1 "$dir/data/postmaster.pid")
 children() { pgrep -c -P "$postmaster" || true; }
-count() {
-  local before file ir max=0
-  before=$(ls "$dir"/cg.* 2>/dev/null | sort || true)
-  pgbench "${pg[@]}" -n -M prepared -c 1 -t "$3" -f "$1" "$2" >"$dir/pgbench.log" 2>&1 \
-    || { cat "$dir/pgbench.log" >&2; exit 1; }
+files() { ls "$dir"/cg.* 2>/dev/null | sort || true; }
+counts_since() {
+  local file
   for _ in $(seq 100); do
     [ "$(children)" -le "$own" ] && break
     sleep 0.2
   done
-  for file in $(comm -13 <(echo "$before") <(ls "$dir"/cg.* | sort)); do
-    ir=$(sed -n 's/^summary: //p' "$file")
-    [ "${ir:-0}" -gt "$max" ] && max=$ir
+  for file in $(comm -13 <(echo "$1") <(files)); do
+    sed -n 's/^summary: //p' "$file"
   done
-  echo "$max"
+}
+# `count SCRIPT DB N` runs N sagas on one connection and prints its backend's
+# instructions: the largest count that appeared (psql's short sessions write small ones).
+count() {
+  local before
+  before=$(files)
+  pgbench "${pg[@]}" -n -M prepared -c 1 -t "$3" -f "$1" "$2" >"$dir/pgbench.log" 2>&1 \
+    || { cat "$dir/pgbench.log" >&2; exit 1; }
+  counts_since "$before" | sort -n | tail -n1
 }
 per_saga() {
   local short long
@@ -102,19 +107,11 @@ echo "postgres instructions per saga: settle=$settle naive=$naive ratio=$(awk -v
 # `coordinator N` runs N sagas through settle-bench on a database of its own and
 # prints the instructions of every backend that ran meanwhile, summed.
 coordinator() {
-  local before file ir sum=0
-  before=$(ls "$dir"/cg.* 2>/dev/null | sort || true)
+  local before
+  before=$(files)
   SETTLE_TEST_POSTGRES="postgres://postgres@127.0.0.1:$port" "$bin_dir/settle-bench" \
     --sagas "$1" --clients 1 --warmup 20 >"$dir/bench.log" 2>&1 || { cat "$dir/bench.log" >&2; exit 1; }
-  for _ in $(seq 100); do
-    [ "$(children)" -le "$own" ] && break
-    sleep 0.2
-  done
-  for file in $(comm -13 <(echo "$before") <(ls "$dir"/cg.* | sort)); do
-    ir=$(sed -n 's/^summary: //p' "$file")
-    sum=$((sum + ${ir:-0}))
-  done
-  echo "$sum"
+  counts_since "$before" | awk '{ sum += $1 } END { print sum + 0 }'
 }
 for _ in 1 2; do
   short=$(coordinator 30)

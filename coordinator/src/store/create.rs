@@ -176,18 +176,3 @@ pub async fn create(
         })
         .collect())
 }
-
-#[cfg(test)]
-mod tests {
-    /// `docs/PERFORMANCE.md` shows the plans of the writer's two statements as the
-    /// benchmark file runs them: the file must hold each exactly as sent.
-    #[test]
-    fn the_benchmark_explains_the_statements_as_sent() {
-        let bench = include_str!(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../bench/admin_million.sql"
-        ));
-        assert!(bench.contains(super::CREATE_BATCH.trim()));
-        assert!(bench.contains(super::super::batch::WRITE_BATCH.trim()));
-    }
-}

@@ -31,7 +31,8 @@ use settle_tests::db::TestDatabase;
 const USAGE: &str = "usage: settle-bench [--sagas N] [--clients C] [--warmup N] \
 [--participants instant|example] [--coordinator in-process|process] [--twopc] \
 [--per-step-overhead] [--rss] [--history N] [--redis URL] [--callgrind FILE]\n       settle-bench --pgbench-script   (prints Settle's own statements as a pgbench script)
-       settle-bench --writer-options   (prints the writer sessions' planner settings, for PGOPTIONS)";
+       settle-bench --writer-options   (prints the writer sessions' planner settings, for PGOPTIONS)
+       settle-bench --statement write|create   (prints the writer's statement, for psql: bench/admin_million.sql)";
 
 /// How long a client lets the coordinator hold a `?wait=` request.
 const WAIT: Duration = Duration::from_secs(30);
@@ -509,6 +510,18 @@ async fn main() -> anyhow::Result<()> {
     }
     if std::env::args().nth(1).as_deref() == Some("--writer-options") {
         println!("{}", settle_coordinator::store::WRITER_PLANNING);
+        return Ok(());
+    }
+    if std::env::args().nth(1).as_deref() == Some("--statement") {
+        use settle_coordinator::store::{batch::WRITE_BATCH, create::CREATE_BATCH};
+        match std::env::args().nth(2).as_deref() {
+            Some("write") => println!("{}", WRITE_BATCH.trim()),
+            Some("create") => println!("{}", CREATE_BATCH.trim()),
+            _ => {
+                eprintln!("{USAGE}");
+                std::process::exit(2);
+            }
+        }
         return Ok(());
     }
     let args = match parse_args() {
