@@ -100,12 +100,13 @@ SELECT json_agg(json_build_object('id', id, 'fence', fence, 'write_id', gen_rand
                                   'progress', '{}'::jsonb, 'reason', NULL, 'next_ms', NULL, 'due_now', false,
                                   'lease_ms', 15000, 'finished', false, 'notify', false,
                                   'events', json_build_array(json_build_object('kind', 'step_started', 'step', 'a',
-                                                                               'actor', 'explain')))) AS w
+                                                                               'actor', 'explain')))) AS w,
+       array_agg(id) AS ids
   FROM (SELECT id, fence FROM transactions WHERE state = 'running' LIMIT 8) r \gset
 \set write_batch `target/release/settle-bench --statement write`
-PREPARE write_batch(jsonb) AS :write_batch;
+PREPARE write_batch(jsonb, uuid[]) AS :write_batch;
 BEGIN;
-EXPLAIN (ANALYZE, BUFFERS) EXECUTE write_batch(:'w');
+EXPLAIN (ANALYZE, BUFFERS) EXECUTE write_batch(:'w', :'ids');
 ROLLBACK;
 \echo '=== group creation (coordinator/src/store/create.rs), generic plan on the writer''s connections: 8 starts, one of them under an old version ==='
 SELECT json_agg(json_build_object('id', gen_random_uuid(), 'kind', 'saga', 'definition', 'order-checkout',

@@ -10,7 +10,7 @@
 # the difference of the two counts divided by 100 (start-up, catalog loading and the
 # first plans cancel out), and the second pair is reported (the first sets hint bits
 # in a fresh database's catalogs). Then settle-bench itself runs 30 and 130 sagas at
-# 1 client against the cluster (SETTLE_TEST_POSTGRES; its coordinator in-process, its
+# 1 client against the cluster (SETTLE_TEST_POSTGRES_SERVER; its coordinator in-process, its
 # instant participants), twice: every backend's instructions are summed, so this
 # counts what the coordinator's real statements with their real parameters cost,
 # connections and background loops included (the creation and state-write backends
@@ -100,7 +100,9 @@ per_saga() {
 sleep 1
 own=$(children)
 # Under the planner settings of the writer's own sessions, which its statements' plans rely on.
-settle=$(PGOPTIONS="$("$bin_dir/settle-bench" --writer-options)" per_saga "$dir/settle.sql" settle)
+writer_options=$("$bin_dir/settle-bench" --writer-options 2>/dev/null) && [ -n "$writer_options" ] \
+  || { echo "pg-instructions: $bin_dir/settle-bench has no --writer-options (an older build)" >&2; exit 1; }
+settle=$(PGOPTIONS="$writer_options" per_saga "$dir/settle.sql" settle)
 naive=$(per_saga bench/saga_writes.sql naive)
 echo "postgres instructions per saga: settle=$settle naive=$naive ratio=$(awk -v s="$settle" -v n="$naive" 'BEGIN { printf "%.2f", s / n }')"
 
@@ -109,7 +111,7 @@ echo "postgres instructions per saga: settle=$settle naive=$naive ratio=$(awk -v
 coordinator() {
   local before
   before=$(files)
-  SETTLE_TEST_POSTGRES="postgres://postgres@127.0.0.1:$port" "$bin_dir/settle-bench" \
+  SETTLE_TEST_POSTGRES_SERVER="postgres://postgres@127.0.0.1:$port" "$bin_dir/settle-bench" \
     --sagas "$1" --clients 1 --warmup 20 >"$dir/bench.log" 2>&1 || { cat "$dir/bench.log" >&2; exit 1; }
   counts_since "$before" | awk '{ sum += $1 } END { print sum + 0 }'
 }
@@ -117,4 +119,8 @@ for _ in 1 2; do
   short=$(coordinator 30)
   long=$(coordinator 130)
 done
+[ "$long" -gt "$short" ] || {
+  echo "pg-instructions: settle-bench ran nothing on the cluster (a build without SETTLE_TEST_POSTGRES_SERVER?)" >&2
+  exit 1
+}
 echo "postgres instructions per saga, the coordinator's own statements (settle-bench, 1 client): $(( (long - short) / 100 ))"

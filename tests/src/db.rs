@@ -5,11 +5,11 @@ use tokio_postgres::NoTls;
 /// The shared server; tests never reconfigure or restart it.
 pub const SERVER: &str = "postgres://postgres@127.0.0.1:5432";
 
-/// The server test databases are made on: [`SERVER`], unless `SETTLE_TEST_POSTGRES`
+/// The server test databases are made on: [`SERVER`], unless `SETTLE_TEST_POSTGRES_SERVER`
 /// names another (`scripts/pg-instructions.sh` runs the benchmark against a
 /// throwaway cluster under callgrind that way).
 fn server() -> String {
-    std::env::var("SETTLE_TEST_POSTGRES").unwrap_or_else(|_| SERVER.to_string())
+    std::env::var("SETTLE_TEST_POSTGRES_SERVER").unwrap_or_else(|_| SERVER.to_string())
 }
 
 pub struct TestDatabase {
@@ -20,7 +20,7 @@ pub struct TestDatabase {
 async fn admin() -> tokio_postgres::Client {
     let (client, conn) = tokio_postgres::connect(&format!("{}/postgres", server()), NoTls)
         .await
-        .expect("PostgreSQL must be running on 127.0.0.1:5432 (see README: tests need it)");
+        .expect("PostgreSQL must be running on 127.0.0.1:5432, or where SETTLE_TEST_POSTGRES_SERVER says (see README: tests need it)");
     tokio::spawn(conn);
     client
 }

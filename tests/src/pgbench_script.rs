@@ -58,6 +58,7 @@ pub fn settle_statements() -> String {
             WRITE_BATCH
                 .trim()
                 .replace("$1::jsonb", &write)
+                .replace("$2::uuid[]", &format!("ARRAY[{ID}::uuid]"))
                 .replace("HH24:MI:SS", "HH24\":\"MI\":\"SS")
                 .as_str(),
         );

@@ -135,7 +135,8 @@ impl Connection {
     }
 
     /// Writes `items` as one batch of `kind` on this connection, within `timeout`
-    /// (the statement's preparation, the first time, included).
+    /// (the planner settings and the statement's preparation, the first time,
+    /// included).
     async fn commit<B: Batch>(
         &self,
         kind: &B,
@@ -146,7 +147,13 @@ impl Connection {
         self.answer(timeout, async {
             let statement = self
                 .statement
-                .get_or_try_init(|| async { client.prepare(B::STATEMENT).await })
+                .get_or_try_init(|| async {
+                    // The plan the statement is written for (store::writer_pool).
+                    client
+                        .batch_execute(&store::writer_planning_commands())
+                        .await?;
+                    client.prepare(B::STATEMENT).await
+                })
                 .await?;
             kind.commit(client, statement, items, &self.metrics).await
         })

@@ -56,14 +56,18 @@ struct WriteRow<'a> {
     events: &'a [EventRecord],
 }
 
-/// One `UPDATE` whose plan is a nested loop: the writes, sorted by id, each find
-/// their row with one probe of the primary key, so rows are locked in id order
-/// and batches and lease renewals, which touch overlapping sets of rows, never
-/// deadlock. The writer's own connections ([`super::writer_pool`]) plan neither a
-/// sequential scan nor a hash or merge join, so the plan Postgres caches keeps
-/// that shape however small the table was when it was made. A row whose fence no
-/// longer matches (rechecked on the newest version when another statement
-/// changed the row meanwhile) is not updated: its write is reported as lost.
+/// One `UPDATE` of the batch's rows, found by `id = ANY($2)`, the batch's ids:
+/// a probe of the primary key per write, whatever the table's statistics say (a
+/// plan made while they said "empty" once walked the whole key for every batch:
+/// `hot_path` in the end-to-end tests). The writer's own connections
+/// ([`super::writer_pool`]) plan neither a sequential scan nor a hash or merge
+/// join, so the update joins the writes, sorted by id, to their rows by nested
+/// loop, and whichever side drives it (the sorted writes, or the primary key's
+/// scan in key order) the rows are locked in id order: batches and lease
+/// renewals, which touch overlapping sets of rows, never deadlock. A row whose
+/// fence no longer matches (rechecked on the newest version when another
+/// statement changed the row meanwhile) is not updated: its write is reported
+/// as lost.
 ///
 /// A write whose `write_id` is the row's `last_write` was applied before (a retry
 /// after an unknown outcome): it lands again, the same state, without a second
@@ -88,7 +92,7 @@ WITH t AS (
                 AS x(id uuid, fence bigint, write_id uuid, state text, progress jsonb, reason text, next_ms bigint,
                      due_now boolean, lease_ms bigint, finished boolean, notify boolean, events jsonb)
              ORDER BY id) x
-     WHERE t.id = x.id AND t.fence = x.fence
+     WHERE t.id = ANY($2::uuid[]) AND t.id = x.id AND t.fence = x.fence
  RETURNING t.id, t.cancel_requested, t.kind, t.definition, t.version, t.state, t.input, t.progress, t.reason,
            t.deadline, t.next_attempt_at, t.created_at, t.updated_at, t.fence, t.traceparent, t.tracestate,
            x.finished, x.notify, x.events, t.prev_write IS NOT DISTINCT FROM x.write_id AS replay),
@@ -140,7 +144,9 @@ pub async fn write(
         .collect();
     // Serialized straight from the writes: no intermediate JSON tree.
     let states = JsonText::of(&states)?;
-    let rows = client.query(statement, &[&states]).await?;
+    // The same ids again, as an array: the update's bound (see WRITE_BATCH).
+    let ids: Vec<Uuid> = writes.iter().map(|w| w.id).collect();
+    let rows = client.query(statement, &[&states, &ids]).await?;
     // Sorted by id and searched, rather than hashed: a batch holds at most a few
     // hundred rows, and SipHashing each id cost more than the search.
     let mut landed: Vec<(Uuid, bool, Option<Box<TransactionRow>>)> = rows

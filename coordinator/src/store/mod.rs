@@ -114,33 +114,53 @@ pub fn pool(url: &str, size: usize, timeouts: Timeouts) -> anyhow::Result<Pool> 
     build_pool(config, size, timeouts, RecyclingMethod::Verified)
 }
 
+/// The planner settings of the writer's sessions, name and value (see
+/// [`writer_pool`]).
+pub const WRITER_PLANNING: [(&str, &str); 3] = [
+    ("enable_seqscan", "off"),
+    ("enable_hashjoin", "off"),
+    ("enable_mergejoin", "off"),
+];
+
+/// [`WRITER_PLANNING`] as `SET` commands: the writer sends them on each of its
+/// connections before it prepares its statement, so its plans are made under
+/// them even behind a pooler that drops connection options.
+pub fn writer_planning_commands() -> String {
+    WRITER_PLANNING
+        .iter()
+        .map(|(name, value)| format!("SET {name} = {value};"))
+        .collect()
+}
+
+/// [`WRITER_PLANNING`] as connection options (`-c name=value`), for the tools
+/// that run the writer's statements under pgbench (`settle-bench --writer-options`).
+pub fn writer_planning_options() -> String {
+    WRITER_PLANNING
+        .iter()
+        .map(|(name, value)| format!("-c {name}={value}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// The pool of the group-commit writer (`store::batch`), whose statements reach
 /// every row through its primary key. Its sessions never plan a sequential scan,
-/// nor a hash or merge join: a plan cached while the table held a few rows (the
-/// writer's statement is prepared once per connection, and Postgres keeps a
-/// generic plan after five runs) would otherwise go on scanning the whole table
-/// (or the whole of its primary key) for every batch until the next ANALYZE,
-/// which on a busy new database was a minute of throughput falling by two
-/// thirds. Nested loops also keep the order the write statement locks its rows in.
+/// nor a hash or merge join ([`WRITER_PLANNING`], set by the writer on each
+/// connection): a plan cached while the table held a few rows (the writer's
+/// statement is prepared once per connection, and Postgres keeps a generic plan
+/// after five runs) would otherwise go on scanning the whole table for every
+/// batch until the next ANALYZE, which on a busy new database was a minute of
+/// throughput falling by two thirds. Nested loops also keep the order the write
+/// statement locks its rows in.
 ///
 /// Postgres ends a statement of these sessions that runs past the statement
 /// timeout, the same bound after which the writer gives the connection up
 /// (`driver::writer`), so a statement the writer stopped waiting for does not
 /// hold its row locks on for long. The writer holds its connection for good and
 /// checks it by the answers it gets, so it is never checked at checkout.
-/// The planner settings of the writer's sessions (see [`writer_pool`]), as
-/// connection options: the benchmark tools run the writer's statements under
-/// them too (`settle-bench --writer-options`).
-pub const WRITER_PLANNING: &str =
-    "-c enable_seqscan=off -c enable_hashjoin=off -c enable_mergejoin=off";
-
 pub fn writer_pool(url: &str, size: usize, timeouts: Timeouts) -> anyhow::Result<Pool> {
     let mut config = tokio_postgres::Config::from_str(url)
         .map_err(|e| anyhow::anyhow!("database.url is not a valid PostgreSQL URL: {e}"))?;
-    let ours = format!(
-        "{WRITER_PLANNING} -c statement_timeout={}",
-        timeouts.statement.as_millis()
-    );
+    let ours = format!("-c statement_timeout={}", timeouts.statement.as_millis());
     let options = match config.get_options() {
         Some(given) if !given.trim().is_empty() => format!("{given} {ours}"),
         _ => ours,

@@ -509,7 +509,7 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     if std::env::args().nth(1).as_deref() == Some("--writer-options") {
-        println!("{}", settle_coordinator::store::WRITER_PLANNING);
+        println!("{}", settle_coordinator::store::writer_planning_options());
         return Ok(());
     }
     if std::env::args().nth(1).as_deref() == Some("--statement") {
