@@ -38,11 +38,11 @@ pub struct StateWrite {
     /// indexed column lets Postgres update the row without touching its indexes.
     pub due_now: bool,
     pub lease_ms: i64,
-    #[serde(skip)]
+    /// The timeline events this write records, sent with it in the statement.
     pub events: Vec<EventRecord>,
 }
 
-/// A write as the statement reads it, with its events. `finished`: the write puts
+/// A write as the statement reads it (its events included). `finished`: the write puts
 /// the transaction in a terminal state, which never changes again, so the
 /// statement hands back the whole row as stored and whoever waits for the end
 /// needs no read of its own. `notify`: the write records a `stuck` transition and
@@ -53,7 +53,6 @@ struct WriteRow<'a> {
     write: &'a StateWrite,
     finished: bool,
     notify: bool,
-    events: &'a [EventRecord],
 }
 
 /// One `UPDATE` of the batch's rows, found by `id = ANY($2)`, the batch's ids:
@@ -139,7 +138,6 @@ pub async fn write(
             notify: stuck_webhook
                 && write.state == "stuck"
                 && write.events.iter().any(|event| event.kind == "stuck"),
-            events: &write.events,
         })
         .collect();
     // Serialized straight from the writes: no intermediate JSON tree.

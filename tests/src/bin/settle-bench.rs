@@ -504,24 +504,23 @@ enum Participants {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    if std::env::args().nth(1).as_deref() == Some("--pgbench-script") {
-        print!("{}", settle_tests::pgbench_script::settle_statements());
-        return Ok(());
-    }
-    if std::env::args().nth(1).as_deref() == Some("--writer-options") {
-        println!("{}", settle_coordinator::store::writer_planning_options());
-        return Ok(());
-    }
-    if std::env::args().nth(1).as_deref() == Some("--statement") {
-        use settle_coordinator::store::{batch::WRITE_BATCH, create::CREATE_BATCH};
-        match std::env::args().nth(2).as_deref() {
-            Some("write") => println!("{}", WRITE_BATCH.trim()),
-            Some("create") => println!("{}", CREATE_BATCH.trim()),
-            _ => {
-                eprintln!("{USAGE}");
-                std::process::exit(2);
-            }
+    // The printing modes: text for pgbench and psql, no run.
+    let args: Vec<String> = std::env::args().skip(1).take(2).collect();
+    let printed = match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+        ["--pgbench-script", ..] => Some(settle_tests::pgbench_script::settle_statements()),
+        ["--writer-options", ..] => Some(settle_coordinator::store::writer_planning_options()),
+        ["--statement", "write"] => Some(settle_coordinator::store::batch::WRITE_BATCH.to_string()),
+        ["--statement", "create"] => {
+            Some(settle_coordinator::store::create::CREATE_BATCH.to_string())
         }
+        ["--statement", ..] => {
+            eprintln!("{USAGE}");
+            std::process::exit(2);
+        }
+        _ => None,
+    };
+    if let Some(text) = printed {
+        println!("{}", text.trim());
         return Ok(());
     }
     let args = match parse_args() {
