@@ -142,7 +142,8 @@ pub struct DatabaseSettings {
     /// How long a statement of the group-commit writer, or of a background loop,
     /// may go unanswered before its connection is given up as dead (a peer that
     /// hangs, or a network that drops packets without a reset). Also Postgres's
-    /// own `statement_timeout` on the writer's sessions.
+    /// own `statement_timeout` on every session but the migrations', so a
+    /// request whose statement waits on a lock held elsewhere answers 503.
     pub statement_timeout: Duration,
     pub create_if_missing: bool,
 }

@@ -187,6 +187,14 @@ impl From<store::Error> for ApiError {
                     "the coordinator's database did not answer in time; retry shortly (with the same Idempotency-Key, a start is not repeated)",
                 )
             }
+            store::Error::Query(_) if e.is_cancelled() => {
+                tracing::warn!(error = %error_chain(&e), "database statement ended before it finished");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "database_unavailable",
+                    "the coordinator's database did not finish in time (a lock held elsewhere, or a slow statement); retry shortly (with the same Idempotency-Key, a start is not repeated)",
+                )
+            }
             store::Error::Query(_) if e.is_connection_lost() => {
                 tracing::warn!(error = %error_chain(&e), "database connection failed");
                 ApiError::new(

@@ -53,14 +53,20 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
 ];
 
 /// Arbitrary constant naming Settle's migration lock.
-const MIGRATION_LOCK: i64 = 0x5e77_1e00_0001;
+pub const MIGRATION_LOCK: i64 = 0x5e77_1e00_0001;
 
 /// Applies the migrations that are missing; returns how many were applied.
+///
+/// Its connection runs without the pool's statement timeout: a migration may
+/// rewrite a large table, and waiting for the migration lock lasts as long as
+/// another instance's migrations. The bound is back before the connection
+/// returns to the pool.
 pub async fn run(pool: &Pool) -> anyhow::Result<usize> {
     let mut client = pool
         .get()
         .await
         .map_err(|e| anyhow::anyhow!("connecting to PostgreSQL to migrate: {e}"))?;
+    client.batch_execute("SET statement_timeout = 0").await?;
     client
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
         .await?;
@@ -68,6 +74,7 @@ pub async fn run(pool: &Pool) -> anyhow::Result<usize> {
     client
         .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
         .await?;
+    client.batch_execute("RESET statement_timeout").await?;
     result
 }
 

@@ -66,6 +66,17 @@ impl Error {
     }
 }
 
+impl Error {
+    /// Postgres ended the statement before it finished: it ran past the
+    /// session's `statement_timeout` (waiting for a lock held elsewhere, say),
+    /// or an operator cancelled it. Nothing it did remains, and the connection
+    /// is fine: a retry may well succeed.
+    pub fn is_cancelled(&self) -> bool {
+        matches!(self, Error::Query(q)
+            if q.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED))
+    }
+}
+
 impl From<deadpool_postgres::PoolError> for Error {
     fn from(e: deadpool_postgres::PoolError) -> Self {
         Error::Unavailable(e)
@@ -108,10 +119,29 @@ impl Timeouts {
 /// out, within the connect timeout: one that stopped answering (a hung peer, a
 /// network that drops packets without a reset) is thrown away there instead of
 /// hanging the next statement sent on it.
+///
+/// Postgres ends a statement of these sessions that runs past the statement
+/// timeout (waiting for a lock another session holds, a plan gone wrong), so an
+/// API request answers `503 database_unavailable` instead of waiting as long as
+/// the lock is held; migrations lift the bound on their own connection
+/// ([`migrate::run`]).
 pub fn pool(url: &str, size: usize, timeouts: Timeouts) -> anyhow::Result<Pool> {
-    let config = tokio_postgres::Config::from_str(url)
-        .map_err(|e| anyhow::anyhow!("database.url is not a valid PostgreSQL URL: {e}"))?;
+    let config = bounded_sessions(url, timeouts)?;
     build_pool(config, size, timeouts, RecyclingMethod::Verified)
+}
+
+/// `url`'s connection settings, with Postgres's `statement_timeout` of its
+/// sessions set to the statement timeout, after any options `url` gives.
+fn bounded_sessions(url: &str, timeouts: Timeouts) -> anyhow::Result<tokio_postgres::Config> {
+    let mut config = tokio_postgres::Config::from_str(url)
+        .map_err(|e| anyhow::anyhow!("database.url is not a valid PostgreSQL URL: {e}"))?;
+    let ours = format!("-c statement_timeout={}", timeouts.statement.as_millis());
+    let options = match config.get_options() {
+        Some(given) if !given.trim().is_empty() => format!("{given} {ours}"),
+        _ => ours,
+    };
+    config.options(&options);
+    Ok(config)
 }
 
 /// The planner settings of the writer's sessions, name and value (see
@@ -158,14 +188,7 @@ pub fn writer_planning_options() -> String {
 /// hold its row locks on for long. The writer holds its connection for good and
 /// checks it by the answers it gets, so it is never checked at checkout.
 pub fn writer_pool(url: &str, size: usize, timeouts: Timeouts) -> anyhow::Result<Pool> {
-    let mut config = tokio_postgres::Config::from_str(url)
-        .map_err(|e| anyhow::anyhow!("database.url is not a valid PostgreSQL URL: {e}"))?;
-    let ours = format!("-c statement_timeout={}", timeouts.statement.as_millis());
-    let options = match config.get_options() {
-        Some(given) if !given.trim().is_empty() => format!("{given} {ours}"),
-        _ => ours,
-    };
-    config.options(&options);
+    let config = bounded_sessions(url, timeouts)?;
     build_pool(config, size, timeouts, RecyclingMethod::Fast)
 }
 

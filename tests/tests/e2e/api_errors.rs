@@ -1,8 +1,10 @@
 //! Bad input gets a clear problem+json answer with a stable code, and loses nothing.
 
+use std::time::Duration;
+
 use serde_json::{json, Value};
 
-use crate::support::{saga_yaml, World};
+use crate::support::{count, saga_yaml, World};
 
 async fn problem(response: reqwest::Response) -> (u16, Value) {
     let status = response.status().as_u16();
@@ -135,5 +137,76 @@ async fn health_and_readiness_report_their_checks() {
     assert_eq!(ready["checks"]["postgres"], "ok");
     assert_eq!(ready["checks"]["migrations"], "ok");
     assert_eq!(ready["checks"]["redis"], "ok");
+    world.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_locked_elsewhere_gets_503_and_loses_nothing() {
+    // A session outside Settle (a migration, a VACUUM FULL, an operator's
+    // transaction left open) holds a lock on the transactions table. Requests
+    // that need it end after the statement timeout with a problem+json naming
+    // the database, instead of waiting as long as the lock is held.
+    let world = World::start_with(|s| s.database.statement_timeout = Duration::from_secs(1)).await;
+    let yaml = saga_yaml(&world, "locked", "", &[("a", None, true)]);
+    world.register("locked", &yaml).await;
+    let base = &world.coordinator.base_url;
+    // A request that waits forever fails the test instead of hanging it.
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let start = |key: &'static str| {
+        http.post(format!("{base}/v1/sagas?wait=10s"))
+            .header("Idempotency-Key", key)
+            .json(&json!({ "definition": "locked", "input": { "n": 1 } }))
+    };
+    let before: Value = start("before-the-lock")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(before["state"], "completed", "{before}");
+    let saga = format!("{base}/v1/sagas/{}", before["id"].as_str().unwrap());
+
+    let holder = world.db.client().await;
+    holder
+        .batch_execute("BEGIN; LOCK TABLE transactions IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    for (what, request) in [
+        ("a saga's read", http.get(&saga)),
+        (
+            "the operators' list",
+            http.get(format!("{base}/v1/admin/transactions")),
+        ),
+        ("a start", start("during-the-lock")),
+    ] {
+        let (status, body) = problem(request.send().await.unwrap()).await;
+        assert_eq!(status, 503, "{what}: {body}");
+        assert_eq!(body["code"], "database_unavailable", "{what}: {body}");
+        assert!(
+            body["detail"]
+                .as_str()
+                .unwrap()
+                .contains("did not finish in time"),
+            "{what}: {body}"
+        );
+    }
+    holder.batch_execute("ROLLBACK").await.unwrap();
+
+    // Once the lock is gone, the same requests succeed, and the start refused
+    // under the lock, retried with its key, runs once.
+    let read: Value = http.get(&saga).send().await.unwrap().json().await.unwrap();
+    assert_eq!(read["state"], "completed", "{read}");
+    let retried = start("during-the-lock").send().await.unwrap();
+    assert!(retried.status().is_success(), "{}", retried.status());
+    let retried: Value = retried.json().await.unwrap();
+    assert_eq!(retried["state"], "completed", "{retried}");
+    let sagas = count(&world.db, "SELECT count(*) FROM transactions").await;
+    assert_eq!(sagas, 2, "one saga before the lock, one started after it");
+    let calls = world.participant.calls_to("/a").len();
+    assert_eq!(calls, 2, "each saga called its step once");
     world.stop().await;
 }

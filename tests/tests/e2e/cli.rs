@@ -1,10 +1,14 @@
 //! The operator CLI (`settle tx …`, `settle def …`) against a live coordinator:
 //! the same admin API, tables for people and JSON with `--json`.
 
+use std::time::{Duration, Instant};
+
 use serde_json::{json, Value};
+use settle_coordinator::store::migrate;
+use settle_tests::db::TestDatabase;
 use settle_tests::scripted::Answer;
 
-use crate::support::{saga_yaml, World, SETTLE_BIN, WAIT};
+use crate::support::{count, saga_yaml, World, SETTLE_BIN, WAIT};
 
 async fn settle(world: &World, args: &[&str]) -> String {
     let output = tokio::process::Command::new(SETTLE_BIN)
@@ -200,4 +204,55 @@ async fn operators_filter_pause_resume_skip_resolve_and_bulk_from_the_command_li
         "{applied}"
     );
     world.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_waits_out_another_instances_migrations_past_the_statement_timeout() {
+    // Every other session ends a statement after `database.statement_timeout`;
+    // migrations must not, or an instance starting while another migrates (or
+    // a migration rewriting a large table) would fail.
+    let db = TestDatabase::create().await;
+    let other_instance = db.client().await;
+    other_instance
+        .execute("SELECT pg_advisory_lock($1)", &[&migrate::MIGRATION_LOCK])
+        .await
+        .unwrap();
+    let migrating = tokio::process::Command::new(SETTLE_BIN)
+        .arg("migrate")
+        .env("SETTLE__DATABASE__URL", &db.url)
+        .env("SETTLE__DATABASE__STATEMENT_TIMEOUT", "300ms")
+        .env("SETTLE__LOG__LEVEL", "warn")
+        .kill_on_drop(true)
+        .output();
+    let release = async {
+        let waiting_since = Instant::now();
+        while count(
+            &db,
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+        )
+        .await
+            == 0
+        {
+            assert!(
+                waiting_since.elapsed() < Duration::from_secs(60),
+                "settle migrate never waited for the lock"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Well past the statement timeout, then the other instance is done.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        other_instance
+            .execute("SELECT pg_advisory_unlock($1)", &[&migrate::MIGRATION_LOCK])
+            .await
+            .unwrap();
+    };
+    let (output, ()) = tokio::join!(migrating, release);
+    let output = output.expect("running settle migrate");
+    assert!(
+        output.status.success(),
+        "settle migrate failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let applied = count(&db, "SELECT count(*) FROM settle_migrations").await;
+    assert_eq!(applied, migrate::versions().count() as i64);
 }
