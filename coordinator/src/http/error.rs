@@ -170,38 +170,30 @@ pub fn problem_for_plain_errors<B>(
 
 impl From<store::Error> for ApiError {
     fn from(e: store::Error) -> Self {
+        /// 503 `database_unavailable`: whatever went wrong, a retry shortly may succeed.
+        fn unavailable(detail: &str) -> ApiError {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "database_unavailable",
+                detail,
+            )
+        }
         match e {
             store::Error::Unavailable(ref cause) => {
                 tracing::warn!(error = %cause, "database unavailable");
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "database_unavailable",
-                    "the coordinator's database is unavailable; retry shortly",
-                )
+                unavailable("the coordinator's database is unavailable; retry shortly")
             }
             store::Error::Unanswered(after) => {
                 tracing::warn!(?after, "database did not answer; connection given up");
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "database_unavailable",
-                    "the coordinator's database did not answer in time; retry shortly (with the same Idempotency-Key, a start is not repeated)",
-                )
+                unavailable("the coordinator's database did not answer in time; retry shortly (with the same Idempotency-Key, a start is not repeated)")
             }
             store::Error::Query(_) if e.is_cancelled() => {
                 tracing::warn!(error = %error_chain(&e), "database statement ended before it finished");
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "database_unavailable",
-                    "the coordinator's database did not finish in time (a lock held elsewhere, or a slow statement); retry shortly (with the same Idempotency-Key, a start is not repeated)",
-                )
+                unavailable("the coordinator's database did not finish in time (a lock held elsewhere, or a slow statement); retry shortly (with the same Idempotency-Key, a start is not repeated)")
             }
             store::Error::Query(_) if e.is_connection_lost() => {
                 tracing::warn!(error = %error_chain(&e), "database connection failed");
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "database_unavailable",
-                    "the coordinator lost its database connection; retry shortly",
-                )
+                unavailable("the coordinator lost its database connection; retry shortly")
             }
             other => ApiError::internal(&other),
         }

@@ -6,6 +6,18 @@ use serde_json::{json, Value};
 
 use crate::support::{count, saga_yaml, World};
 
+/// A successful answer's JSON body (panics otherwise: a test failure).
+async fn success(request: reqwest::RequestBuilder) -> Value {
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    assert!(
+        status.is_success(),
+        "{status}: {}",
+        response.text().await.unwrap()
+    );
+    response.json().await.unwrap()
+}
+
 async fn problem(response: reqwest::Response) -> (u16, Value) {
     let status = response.status().as_u16();
     let content_type = crate::support::content_type(&response);
@@ -160,13 +172,7 @@ async fn a_table_locked_elsewhere_gets_503_and_loses_nothing() {
             .header("Idempotency-Key", key)
             .json(&json!({ "definition": "locked", "input": { "n": 1 } }))
     };
-    let before: Value = start("before-the-lock")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let before = success(start("before-the-lock")).await;
     assert_eq!(before["state"], "completed", "{before}");
     let saga = format!("{base}/v1/sagas/{}", before["id"].as_str().unwrap());
 
@@ -198,11 +204,9 @@ async fn a_table_locked_elsewhere_gets_503_and_loses_nothing() {
 
     // Once the lock is gone, the same requests succeed, and the start refused
     // under the lock, retried with its key, runs once.
-    let read: Value = http.get(&saga).send().await.unwrap().json().await.unwrap();
+    let read = success(http.get(&saga)).await;
     assert_eq!(read["state"], "completed", "{read}");
-    let retried = start("during-the-lock").send().await.unwrap();
-    assert!(retried.status().is_success(), "{}", retried.status());
-    let retried: Value = retried.json().await.unwrap();
+    let retried = success(start("during-the-lock")).await;
     assert_eq!(retried["state"], "completed", "{retried}");
     let sagas = count(&world.db, "SELECT count(*) FROM transactions").await;
     assert_eq!(sagas, 2, "one saga before the lock, one started after it");
