@@ -64,9 +64,7 @@ impl Error {
             Error::Stopped | Error::Corrupt(_) => false,
         }
     }
-}
 
-impl Error {
     /// Postgres ended the statement before it finished: it ran past the
     /// session's `statement_timeout` (waiting for a lock held elsewhere, say),
     /// or an operator cancelled it. Nothing it did remains, and the connection

@@ -228,7 +228,8 @@ async fn migrate_waits_out_another_instances_migrations_past_the_statement_timeo
         let waiting_since = Instant::now();
         while count(
             &db,
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted \
+               AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
         )
         .await
             == 0
