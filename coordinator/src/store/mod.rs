@@ -31,7 +31,8 @@ pub enum Error {
     /// A statement failed; a retry may help if the connection dropped.
     #[error("database statement failed")]
     Query(#[from] tokio_postgres::Error),
-    /// Postgres did not answer within `database.statement_timeout`, and the
+    /// Postgres did not answer within `database.statement_timeout` (and
+    /// [`SERVER_FIRST`]: a live server ends the statement itself first), and the
     /// connection was given up as dead. Whether the statement took effect is
     /// unknown: retry it on a new connection (every write is fenced or keyed, so
     /// a retry never applies twice what must happen once).
@@ -81,14 +82,21 @@ impl From<deadpool_postgres::PoolError> for Error {
     }
 }
 
-/// `statement`'s answer, or `Unanswered` once `timeout` has passed without one,
-/// for the loops that must go on when a connection hangs. The pooled connection
-/// it ran on is checked before it is handed out again ([`pool`]).
+/// How much longer than the statement timeout [`within`] waits: Postgres ends
+/// a statement of Settle's sessions at the timeout itself, and a live server's
+/// cancellation (which keeps the connection) must arrive before the coordinator
+/// gives the connection up as dead.
+pub const SERVER_FIRST: Duration = Duration::from_secs(1);
+
+/// `statement`'s answer, or `Unanswered` once `timeout` (and [`SERVER_FIRST`])
+/// has passed without one, for the loops that must go on when a connection
+/// hangs. The pooled connection it ran on is checked before it is handed out
+/// again ([`pool`]).
 pub async fn within<T>(
     timeout: Duration,
     statement: impl std::future::Future<Output = Result<T>>,
 ) -> Result<T> {
-    tokio::time::timeout(timeout, statement)
+    tokio::time::timeout(timeout + SERVER_FIRST, statement)
         .await
         .unwrap_or(Err(Error::Unanswered(timeout)))
 }
